@@ -1,0 +1,204 @@
+"""Dataset loading, model-fitting transforms and calibration subsets."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from vitcompress.data.idx import read_idx
+from vitcompress.errors import DataError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FMNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+FMNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FMNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model expects: square image size, channel count and normalisation."""
+
+    img_size: int
+    in_chans: int
+    mean: float = FMNIST_MEAN
+    std: float = FMNIST_STD
+
+    def __post_init__(self) -> None:
+        if self.img_size < 8:
+            raise DataError(f"InputSpec.img_size must be >= 8, got {self.img_size}")
+        if self.in_chans not in (1, 3):
+            raise DataError(f"InputSpec.in_chans must be 1 or 3, got {self.in_chans}")
+
+
+def fit_to_model(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """Fit a float image batch or image (…, C, H, W) in [0, 1] to the model's input.
+
+    Smaller images are zero-padded symmetrically when the difference is even (exact pixels, as
+    LeNet did for MNIST), otherwise resized bilinearly; channels are replicated 1 -> 3 or averaged
+    3 -> 1; then normalised.
+    """
+    squeeze = x.dim() == 3
+    if squeeze:
+        x = x.unsqueeze(0)
+    h, w = x.shape[-2:]
+    if (h, w) != (spec.img_size, spec.img_size):
+        dh, dw = spec.img_size - h, spec.img_size - w
+        if dh >= 0 and dw >= 0 and dh % 2 == 0 and dw % 2 == 0:
+            x = F.pad(x, (dw // 2, dw // 2, dh // 2, dh // 2))
+        else:
+            x = F.interpolate(x, size=(spec.img_size, spec.img_size), mode="bilinear", antialias=True)
+    c = x.shape[-3]
+    if c != spec.in_chans:
+        x = x.expand(-1, spec.in_chans, -1, -1) if c == 1 else x.mean(dim=-3, keepdim=True)
+    x = (x - spec.mean) / spec.std
+    return x.squeeze(0) if squeeze else x
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Training augmentation on one (C, H, W) tensor: random crop after zero padding, random h-flip."""
+    h, w = x.shape[-2:]
+    x = F.pad(x, (pad, pad, pad, pad))
+    i, j = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+    x = x[..., i : i + h, j : j + w]
+    if torch.rand((), generator=generator) < 0.5:
+        x = x.flip(-1)
+    return x
+
+
+class FashionMNIST(Dataset):
+    """Fashion-MNIST held in memory as uint8 and transformed to the model's input per item."""
+
+    classes = FMNIST_CLASSES
+
+    def __init__(self, root: Path, split: str, spec: InputSpec, augment: bool = False, seed: int = 0):
+        if split not in FMNIST_FILES:
+            raise DataError(f"split must be one of {sorted(FMNIST_FILES)}, got {split!r}")
+        images, labels = (_find_idx(root, name) for name in FMNIST_FILES[split])
+        self.images = torch.from_numpy(read_idx(images).copy())  # (N, 28, 28) uint8
+        self.targets = torch.from_numpy(read_idx(labels).astype(np.int64))
+        if self.images.dim() != 3 or len(self.images) != len(self.targets):
+            raise DataError(f"{images} and {labels} disagree: {tuple(self.images.shape)} images, "
+                            f"{len(self.targets)} labels")
+        self.spec, self.augment = spec, augment
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self.images[i].unsqueeze(0).float().div_(255.0)  # (1, 28, 28)
+        if self.augment:
+            x = random_crop_flip(x, pad=2, generator=self.generator)
+        return fit_to_model(x, self.spec), int(self.targets[i])
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for candidate in (root / f"{stem}.gz", root / stem):
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        f"Fashion-MNIST file {stem}(.gz) not found in {root}: install it with "
+        "`apt-get install -y dataset-fashion-mnist` or pass --data-root DIR holding the four idx files"
+    )
+
+
+def _imagefolder(root: Path, spec: InputSpec) -> Dataset:
+    from torchvision import datasets, transforms
+
+    if not root.is_dir():
+        raise DataError(f"ImageFolder root {root} is not a directory")
+    to_tensor = transforms.Compose([
+        transforms.PILToTensor(),
+        transforms.Lambda(lambda t: fit_to_model(t.float().div(255.0), spec)),
+    ])
+    return datasets.ImageFolder(str(root), transform=to_tensor)
+
+
+def load_dataset(
+    spec: InputSpec,
+    split: str = "test",
+    data_root: str | Path | None = None,
+    name: str = "fashion-mnist",
+    augment: bool = False,
+    seed: int = 0,
+) -> Dataset:
+    """Load a dataset transformed for a model with input ``spec``.
+
+    Args:
+        spec: the model's input size, channels and normalisation.
+        split: ``"train"`` or ``"test"`` (Fashion-MNIST); for ``imagefolder`` a sub-folder name, if present.
+        data_root: folder with the idx files (default: Debian's dataset-fashion-mnist location) or the
+            ImageFolder root.
+        name: ``"fashion-mnist"`` or ``"imagefolder"``.
+        augment: random crop + flip (training only).
+        seed: seed of the augmentation stream.
+    """
+    if name == "fashion-mnist":
+        root = Path(data_root) if data_root else DEFAULT_FMNIST_ROOT
+        return FashionMNIST(root, split, spec, augment=augment, seed=seed)
+    if name == "imagefolder":
+        if data_root is None:
+            raise DataError("dataset 'imagefolder' needs --data-root DIR")
+        root = Path(data_root)
+        return _imagefolder(root / split if (root / split).is_dir() else root, spec)
+    raise DataError(f"dataset must be one of ['fashion-mnist', 'imagefolder'], got {name!r}")
+
+
+def dataset_targets(dataset: Dataset) -> torch.Tensor:
+    """Labels of a dataset without loading images (FashionMNIST, ImageFolder, Subset of either)."""
+    if isinstance(dataset, Subset):
+        return dataset_targets(dataset.dataset)[torch.as_tensor(dataset.indices)]
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        raise DataError(f"cannot read labels of {type(dataset).__name__} without loading every image")
+    return torch.as_tensor(targets)
+
+
+def calibration_subset(dataset: Dataset, n: int, seed: int = 0, balanced: bool = False) -> Subset:
+    """A seeded random subset of ``n`` images, optionally with classes as equal as possible.
+
+    The same (dataset, n, seed, balanced) always gives the same indices.
+    """
+    total = len(dataset)
+    if n <= 0:
+        raise DataError(f"calibration size must be >= 1, got {n}")
+    if n > total:
+        raise DataError(f"calibration size {n} exceeds the dataset size {total}")
+    g = torch.Generator().manual_seed(seed)
+    if not balanced:
+        return Subset(dataset, torch.randperm(total, generator=g)[:n].tolist())
+    targets = dataset_targets(dataset)
+    classes = targets.unique().tolist()
+    per_class = [torch.nonzero(targets == c).flatten() for c in classes]
+    per_class = [idx[torch.randperm(len(idx), generator=g)] for idx in per_class]
+    chosen: list[int] = []
+    rank = 0
+    while len(chosen) < n:  # round-robin over classes keeps counts within one of each other
+        for idx in per_class:
+            if rank < len(idx) and len(chosen) < n:
+                chosen.append(int(idx[rank]))
+        rank += 1
+    return Subset(dataset, sorted(chosen))
+
+
+def make_loader(dataset: Dataset, batch_size: int = 256, shuffle: bool = False, seed: int = 0,
+                collate_fn: Callable | None = None) -> DataLoader:
+    """A deterministic single-process DataLoader (the data is in memory; workers only cost here)."""
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=0,
+                      collate_fn=collate_fn)

@@ -1,0 +1,81 @@
+"""``evaluate``: top-1, top-5, loss and throughput of a classifier on a dataset."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from vitcompress.data.datasets import make_loader
+from vitcompress.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Classification metrics of one evaluation (accuracies in percent)."""
+
+    top1: float
+    top5: float
+    loss: float
+    images: int
+    images_per_s: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_input(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise a DataError naming expected vs got when a batch does not fit the model's patch embedding."""
+    pe = getattr(model, "patch_embed", None)
+    if pe is None or not hasattr(pe, "img_size"):
+        return
+    expected_c = pe.proj.in_channels
+    expected_hw = tuple(pe.img_size) if isinstance(pe.img_size, (tuple, list)) else (pe.img_size,) * 2
+    got = tuple(x.shape[1:])
+    if x.dim() != 4 or got[0] != expected_c or (getattr(pe, "strict_img_size", True) and got[1:] != expected_hw):
+        raise DataError(f"input does not fit the model: expected (N, {expected_c}, {expected_hw[0]}, "
+                        f"{expected_hw[1]}), got {tuple(x.shape)}")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset | DataLoader | Iterable, batch_size: int = 256,
+             limit: int | None = None, progress: bool = True) -> Metrics:
+    """Evaluate ``model`` (put in eval mode) on ``data``; deterministic for a given model and data.
+
+    Args:
+        data: a Dataset of (image, label), or any iterable of (images, labels) batches.
+        limit: evaluate only the first ``limit`` images.
+    """
+    model.eval()
+    loader = make_loader(data, batch_size) if isinstance(data, Dataset) else data
+    correct1 = correct5 = seen = 0
+    loss_sum, seconds = 0.0, 0.0
+    bar = tqdm(loader, desc="eval", leave=False, disable=not progress, mininterval=1.0)
+    for x, y in bar:
+        if limit is not None and seen >= limit:
+            break
+        if limit is not None:
+            x, y = x[: limit - seen], y[: limit - seen]
+        if seen == 0:
+            check_input(model, x)
+        t0 = time.perf_counter()
+        logits = model(x)
+        seconds += time.perf_counter() - t0
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(dim=1).sum().item()
+        seen += len(y)
+    if seen == 0:
+        raise DataError("evaluation data is empty")
+    return Metrics(top1=100.0 * correct1 / seen, top5=100.0 * correct5 / seen, loss=loss_sum / seen,
+                   images=seen, images_per_s=seen / max(seconds, 1e-9))

@@ -1,0 +1,83 @@
+"""The reference models: small timm ViT and Swin trained on Fashion-MNIST by this project.
+
+No pretrained ViT weights exist offline, so vitcompress trains its own with a documented, seeded
+recipe (``vitcompress zoo train NAME``) and ships the checkpoints (safetensors + manifest) in
+``models/zoo/``. They are built from timm's own classes, so they are what users have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ZOO_DIR = Path(__file__).parent / "zoo"
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """Seeded training recipe of a reference model (AdamW, warm-up + cosine, label smoothing)."""
+
+    epochs: int
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One reference model: timm class, constructor kwargs, input and training recipe."""
+
+    name: str
+    arch: str  # "vit" | "swin"
+    kwargs: dict[str, Any] = field(hash=False)
+    recipe: TrainRecipe
+    description: str
+
+    @property
+    def checkpoint(self) -> Path:
+        return ZOO_DIR / f"{self.name}.safetensors"
+
+    @property
+    def manifest(self) -> Path:
+        return ZOO_DIR / f"{self.name}.json"
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in (
+        ZooEntry(
+            name="vit-fmnist",
+            arch="vit",
+            kwargs=dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=96, depth=6,
+                        num_heads=3, mlp_ratio=4.0, drop_path_rate=0.0),
+            recipe=TrainRecipe(epochs=12),
+            description="DeiT-Tiny-style ViT: 28x28, patch 4 (49 tokens + CLS), dim 96, depth 6, 3 heads",
+        ),
+        ZooEntry(
+            name="swin-fmnist",
+            arch="swin",
+            kwargs=dict(img_size=32, patch_size=2, in_chans=1, num_classes=10, embed_dim=24,
+                        depths=(2, 2, 6, 2), num_heads=(1, 2, 4, 8), window_size=4, mlp_ratio=4.0,
+                        drop_path_rate=0.05),
+            recipe=TrainRecipe(epochs=15),
+            description="Swin-T depths (2,2,6,2) scaled down: 32x32 (28 padded), patch 2, window 4 "
+                        "(16 windows in stage 1), dim 24, heads (1,2,4,8)",
+        ),
+    )
+}
+
+
+def build_zoo_model(name: str):
+    """Instantiate a zoo architecture with random weights (timm's own classes)."""
+    from timm.models.swin_transformer import SwinTransformer
+    from timm.models.vision_transformer import VisionTransformer
+
+    entry = ZOO[name]
+    cls = VisionTransformer if entry.arch == "vit" else SwinTransformer
+    return cls(**entry.kwargs)

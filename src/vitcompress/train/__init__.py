@@ -1,0 +1,1 @@
+"""Training loops (reference-model training; later: distillation, QAT, SAQA)."""
