@@ -58,6 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--state-dir", default=None, help="resumable state (default: runs/zoo/NAME)")
     z.add_argument("--out-dir", default=None, help="where to write NAME.safetensors/.json (default: the zoo)")
     z.add_argument("--no-resume", action="store_true", help="start over even if a state exists")
+    p = sub.add_parser("cost", help="MACs, BOPs and size of a model (optionally under a recipe)")
+    p.add_argument("--model", required=True, help="zoo name or timm:<name>")
+    p.add_argument("--recipe", default=None, help="preset name or YAML/JSON recipe (bits only; no calibration)")
+    p.add_argument("--input-size", type=int, default=None, help="image size (default: the model's)")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--in-chans", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("compress", help="compress a model with a recipe and write model, metrics, report")
+    _add_common(p)
+    p.add_argument("--model", required=True, help="zoo name (see `vitcompress zoo list`)")
+    p.add_argument("--recipe", required=True, help="preset name or YAML/JSON recipe file")
+    p.add_argument("--calib-size", type=int, default=1000, help="calibration images from the train split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
+    p.add_argument("--out", required=True, help="output folder")
     return parser
 
 
@@ -94,6 +110,66 @@ def _zoo(args: argparse.Namespace) -> int:
     manifest = train_zoo_model(args.name, args.state_dir or f"runs/zoo/{args.name}", args.data_root,
                                args.out_dir, resume=not args.no_resume)
     print(json.dumps(manifest, indent=2))
+    return 0
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in (("checkpoint", getattr(args, "checkpoint", None)),
+                              ("num_classes", args.num_classes), ("in_chans", args.in_chans)) if v is not None}
+
+
+@command("eval")
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vitcompress.data import load_dataset
+    from vitcompress.eval import evaluate
+    from vitcompress.models import input_spec_of, load_model
+    from vitcompress.quantize import restore
+
+    if Path(args.model).is_dir():
+        model = restore(Path(args.model) / "model" if (Path(args.model) / "model").is_dir() else args.model)
+    else:
+        model = load_model(args.model, **_model_kwargs(args))
+    data = load_dataset(input_spec_of(model), "test", args.data_root, name=args.dataset)
+    m = evaluate(model, data, batch_size=args.batch_size, limit=args.limit)
+    if args.json:
+        print(json.dumps({"model": args.model, **m.as_dict()}, indent=2))
+    else:
+        print(f"{args.model}: top-1 {m.top1:.2f} %  top-5 {m.top5:.2f} %  loss {m.loss:.4f}  "
+              f"({m.images} images, {m.images_per_s:.0f} images/s)")
+    return 0
+
+
+@command("cost")
+def _cost(args: argparse.Namespace) -> int:
+    from vitcompress.config import resolve_recipe
+    from vitcompress.cost import cost, format_table
+    from vitcompress.models import load_model
+    from vitcompress.nn.convert import prepare, quantization_points
+
+    extra = {"img_size": args.input_size} if args.input_size and args.model.startswith("timm:") else {}
+    model = load_model(args.model, **_model_kwargs(args), **extra)
+    if args.recipe:
+        prepare(model, resolve_recipe(args.recipe))
+        for _, qz in quantization_points(model):  # bits are all cost needs: no calibration
+            qz.enabled = qz.spec.enabled
+    report = cost(model, input_size=args.input_size)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_table(report))
+    return 0
+
+
+@command("compress")
+def _compress(args: argparse.Namespace) -> int:
+    from vitcompress.config import resolve_recipe
+    from vitcompress.pipeline import CompressJob, run_compress
+
+    job = CompressJob(model=args.model, recipe=resolve_recipe(args.recipe), calib_size=args.calib_size,
+                      seed=args.seed, data_root=args.data_root, eval_limit=args.limit)
+    m = run_compress(job, args.out)
+    print(f"{args.model} / {job.recipe.name}: top-1 {m['fp_top1']:.2f} -> {m['q_top1']:.2f} "
+          f"({m['q_top1'] - m['fp_top1']:+.2f} pt), rel. BOPs {m['rel_bops']:.4f}, size "
+          f"{m['fp_size_bytes']:,} -> {m['size_bytes']:,} bytes; outputs in {args.out}")
     return 0
 
 

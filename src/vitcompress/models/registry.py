@@ -54,7 +54,9 @@ def load_model(
             raise CheckpointError(
                 f"checkpoint {path} for {name!r} not found: train it with `vitcompress zoo train {name}`"
             )
-        return load_weights(model, path).eval()
+        load_weights(model, path)
+        model.vitcompress_source = {"name": name}
+        return model.eval()
     if name.startswith("timm:"):
         import timm
 
@@ -62,13 +64,29 @@ def load_model(
         if arch not in timm.list_models():
             raise UnsupportedModelError(f"timm has no model {arch!r} (see timm.list_models())")
         extra = {k: v for k, v in (("num_classes", num_classes), ("in_chans", in_chans)) if v is not None}
-        model = timm.create_model(arch, pretrained=pretrained, **extra, **kwargs)
+        extra.update(kwargs)
+        model = timm.create_model(arch, pretrained=pretrained, **extra)
         if checkpoint is not None:
             load_weights(model, checkpoint)
+        model.vitcompress_source = {"name": name, "kwargs": extra}
         return model.eval()
     raise UnsupportedModelError(
         f"unknown model {name!r}: known names are {list_models()}, or 'timm:<name>' for any timm model"
     )
+
+
+def model_from_source(source: dict, weights: bool = True) -> nn.Module:
+    """Rebuild the float model described by a ``vitcompress_source`` dict (see ``save``).
+
+    With ``weights=False`` the architecture is built with random weights (they are about to be
+    overwritten by a saved state dict), so a zoo checkpoint need not exist.
+    """
+    name = source.get("name")
+    if name in ZOO and not weights:
+        model = build_zoo_model(name)
+        model.vitcompress_source = {"name": name}
+        return model.eval()
+    return load_model(name, **source.get("kwargs", {}))
 
 
 def input_spec_of(model: nn.Module) -> InputSpec:

@@ -1,0 +1,166 @@
+"""Public verbs of post-training quantization: ``quantize_``, ``save``, ``restore``.
+
+``quantize_(model, recipe, calib)`` replaces the model's layers with quantized ones, sets the weight
+ranges, gathers activation statistics in one streaming pass over ``calib`` and fixes every scale.
+``save``/``restore`` write and read a folder holding the weights (safetensors, quantizer buffers
+included) and the recipe, so that restore rebuilds the same modules and gives the same outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from vitcompress.calib import iter_images
+from vitcompress.config import Recipe
+from vitcompress.errors import CheckpointError, StateError
+from vitcompress.io import write_json
+from vitcompress.models.checkpoint import load_weights, save_weights
+from vitcompress.nn.convert import point_role, prepare, quantization_points
+from vitcompress.nn.linear import QuantConv2d, QuantLinear
+
+log = logging.getLogger(__name__)
+
+RECIPE_ATTR = "vitcompress_recipe"  # set on a quantized model
+SOURCE_ATTR = "vitcompress_source"  # set by load_model: how to rebuild the float model
+WEIGHTS_FILE, RECIPE_FILE, SOURCE_FILE = "model.safetensors", "recipe.json", "source.json"
+
+
+def recipe_of(model: nn.Module) -> Recipe:
+    """The recipe a model was quantized with; StateError if it was never quantized."""
+    recipe = getattr(model, RECIPE_ATTR, None)
+    if recipe is None:
+        raise StateError("model is not quantized: run quantize_(model, recipe, calib) (PTQ) first")
+    return recipe
+
+
+def _calibrate_weights(model: nn.Module) -> None:
+    for name, qz in quantization_points(model):
+        if point_role(name, qz) == "weight" and qz.spec.enabled:
+            owner = model.get_submodule(name.rsplit(".", 1)[0])
+            qz.reset_stats()
+            qz.observe(owner.weight.detach())
+            qz.compute_qparams()
+
+
+@torch.no_grad()
+def calibrate_activations(model: nn.Module, calib: Dataset | DataLoader | Iterable, batch_size: int = 64,
+                          progress: bool = True) -> int:
+    """One streaming pass over ``calib`` with float weights and activations; then fix activation scales.
+
+    Statistics are those of the float model (as in FQ-ViT): the quantizers observe and pass through.
+    Returns the number of images seen.
+    """
+    acts = [(n, q) for n, q in quantization_points(model) if point_role(n, q) != "weight" and q.spec.enabled]
+    weights = [q for n, q in quantization_points(model) if point_role(n, q) == "weight"]
+    saved = [q.enabled for q in weights]
+    for q in weights:
+        q.enabled = False
+    for _, q in acts:
+        q.reset_stats()
+        q.calibrating = True
+    model.eval()
+    seen = 0
+    try:
+        for x in tqdm(iter_images(calib, batch_size), desc="calibrate", leave=False, disable=not progress):
+            model(x)
+            seen += len(x)
+    finally:
+        for _, q in acts:
+            q.calibrating = False
+        for q, was in zip(weights, saved):
+            q.enabled = was
+    for _, q in acts:
+        q.compute_qparams()
+    return seen
+
+
+def quantize_(model: nn.Module, recipe: Recipe, calib: Dataset | DataLoader | Iterable | None,
+              batch_size: int = 64, progress: bool = True) -> nn.Module:
+    """Quantize ``model`` in place following ``recipe`` (post-training quantization).
+
+    Args:
+        model: a float timm ViT/DeiT/Swin (or any model made of the known layers).
+        recipe: what to quantize and how (see :class:`vitcompress.config.Recipe` and presets).
+        calib: calibration images (a Dataset of (image, label), a loader, or batches). May be None
+            only if no activation is quantized.
+        batch_size: calibration batch size when ``calib`` is a Dataset.
+
+    Returns:
+        The same model, quantized and in eval mode.
+    """
+    t0 = time.perf_counter()
+    prepare(model, recipe)
+    _calibrate_weights(model)
+    needs_data = any(point_role(n, q) != "weight" and q.spec.enabled and not q.is_calibrated
+                     for n, q in quantization_points(model))
+    seen = 0
+    if needs_data:
+        if calib is None:
+            raise StateError("recipe quantizes activations: pass calibration data (calib)")
+        seen = calibrate_activations(model, calib, batch_size, progress)
+    if recipe.bias_correction:
+        for m in model.modules():
+            if isinstance(m, (QuantLinear, QuantConv2d)):
+                m.bias_correction = True
+    setattr(model, RECIPE_ATTR, recipe)
+    log.info("quantized with recipe %r on %d calibration images in %.1f s", recipe.name, seen,
+             time.perf_counter() - t0)
+    return model.eval()
+
+
+def save(model: nn.Module, path: str | Path) -> Path:
+    """Write a quantized model to folder ``path``: weights + quantizer buffers, recipe, model source.
+
+    Files are written atomically; ``model.safetensors`` is written last, so a folder without it is
+    recognisably incomplete.
+    """
+    recipe = recipe_of(model)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    write_json(path / RECIPE_FILE, recipe.to_dict())
+    source = getattr(model, SOURCE_ATTR, None)
+    if source is not None:
+        write_json(path / SOURCE_FILE, source)
+    save_weights(model, path / WEIGHTS_FILE, metadata={"format": "vitcompress", "recipe": recipe.name})
+    return path
+
+
+def restore(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a quantized model saved by :func:`save`.
+
+    Args:
+        path: the folder written by ``save``.
+        model: the float architecture to quantize; default: rebuilt from ``source.json``
+            (zoo name or ``timm:`` name and its arguments).
+
+    Raises:
+        CheckpointError: missing files, or the weights do not fit the architecture (first mismatch named).
+    """
+    path = Path(path)
+    for name in (RECIPE_FILE, WEIGHTS_FILE):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path} is not a saved vitcompress model: {name} is missing")
+    recipe = Recipe.from_dict(json.loads((path / RECIPE_FILE).read_text()))
+    if model is None:
+        if not (path / SOURCE_FILE).is_file():
+            raise CheckpointError(f"{path} has no {SOURCE_FILE}: pass the float model to restore(path, model)")
+        from vitcompress.models.registry import model_from_source
+
+        model = model_from_source(json.loads((path / SOURCE_FILE).read_text()), weights=False)
+    prepare(model, recipe)
+    load_weights(model, path / WEIGHTS_FILE)
+    if recipe.bias_correction:
+        for m in model.modules():
+            if isinstance(m, (QuantLinear, QuantConv2d)):
+                m.bias_correction = True
+    setattr(model, RECIPE_ATTR, recipe)
+    return model.eval()

@@ -1,0 +1,47 @@
+"""The markdown report of a compression run."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from vitcompress.report.analysis import LayerQuantStats
+
+
+def _fmt_db(v: float) -> str:
+    return "exact" if math.isinf(v) else f"{v:.1f}"
+
+
+def compression_report(metrics: dict, layers: Sequence[LayerQuantStats], charts: Sequence[str]) -> str:
+    """Report text: accuracy FP vs compressed, cost, and a per-layer table of bits and error."""
+    m = metrics
+    lines = [
+        f"# vitcompress report: {m['model']} with recipe `{m['recipe']}`",
+        "",
+        f"Evaluated on {m['eval_images']} test images; calibrated on {m['calib_size']} training images "
+        f"(seed {m['seed']}); {m['seconds']:.1f} s in all.",
+        "",
+        "| | FP32 | compressed | change |",
+        "|---|---:|---:|---:|",
+        f"| top-1 (%) | {m['fp_top1']:.2f} | {m['q_top1']:.2f} | {m['q_top1'] - m['fp_top1']:+.2f} |",
+        f"| top-5 (%) | {m['fp_top5']:.2f} | {m['q_top5']:.2f} | {m['q_top5'] - m['fp_top5']:+.2f} |",
+        f"| MACs | {m['macs']:,} | {m['macs']:,} | |",
+        f"| BOPs | {m['fp_bops']:,} | {m['bops']:,} | ×{m['fp_bops'] / max(m['bops'], 1):.1f} fewer |",
+        f"| size (bytes) | {m['fp_size_bytes']:,} | {m['size_bytes']:,} | "
+        f"×{m['fp_size_bytes'] / max(m['size_bytes'], 1):.1f} smaller |",
+        "",
+        f"Relative BOPs (vs all 32 bit): {m['rel_bops']:.4f}.",
+        "",
+        "## Per layer",
+        "",
+        "Weight SQNR compares each layer's weight with its quantized weight; output SQNR compares the layer's "
+        "output in the float and the quantized model on one calibration batch (errors of earlier layers "
+        "included).",
+        "",
+        "| layer | weight bits | input bits | weight SQNR (dB) | output SQNR (dB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [f"| `{r.name}` | {r.w_bits:g} | {r.a_bits} | {_fmt_db(r.weight_sqnr_db)} | "
+              f"{_fmt_db(r.output_sqnr_db)} |" for r in layers]
+    lines += ["", "## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
+    return "\n".join(lines)
