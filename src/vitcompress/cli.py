@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from vitcompress.errors import VitCompressError
 
+DEMO_PRESETS = ("w8a8", "fqvit", "w6a6", "w4a8", "fqvit-w4a8", "w4a4", "fqvit-w4a4")
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="evaluate the reference models (and compress them) on Fashion-MNIST")
     _add_common(p)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
+    p.add_argument("--presets", nargs="+", default=list(DEMO_PRESETS), help="PTQ presets to run")
+    p.add_argument("--calib-size", type=int, default=1000)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = sub.add_parser("eval", help="evaluate a model on the test set")
@@ -110,6 +113,35 @@ def _zoo(args: argparse.Namespace) -> int:
     manifest = train_zoo_model(args.name, args.state_dir or f"runs/zoo/{args.name}", args.data_root,
                                args.out_dir, resume=not args.no_resume)
     print(json.dumps(manifest, indent=2))
+    return 0
+
+
+@command("demo")
+def _demo(args: argparse.Namespace) -> int:
+    from vitcompress.config import resolve_recipe
+    from vitcompress.models import list_models
+    from vitcompress.pipeline import CompressJob, run_compress
+
+    rows = []
+    for name in list_models():
+        for preset in args.presets:
+            job = CompressJob(model=name, recipe=resolve_recipe(preset), calib_size=args.calib_size,
+                              data_root=args.data_root, eval_limit=args.limit)
+            m = run_compress(job)
+            rows.append(m)
+            if not args.json:
+                print(f"  {name} / {preset}: {m['q_top1']:.2f} % ({m['q_top1'] - m['fp_top1']:+.2f} pt)",
+                      file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"\nPTQ on Fashion-MNIST ({rows[0]['eval_images']} test images, {args.calib_size} calibration images)")
+    print(f"{'model':<13} {'recipe':<11} {'FP top-1':>8} {'Q top-1':>8} {'drop':>6} {'rel BOPs':>9} "
+          f"{'size (KiB)':>11} {'PTQ s':>6}")
+    for m in rows:
+        print(f"{m['model']:<13} {m['recipe']:<11} {m['fp_top1']:>8.2f} {m['q_top1']:>8.2f} "
+              f"{m['fp_top1'] - m['q_top1']:>6.2f} {m['rel_bops']:>9.4f} {m['size_bytes'] / 1024:>11.1f} "
+              f"{m['ptq_seconds']:>6.1f}")
     return 0
 
 

@@ -1,0 +1,125 @@
+import copy
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from vitcompress.config import QuantSpec, Recipe, get_preset
+from vitcompress.errors import CheckpointError, ConfigError, DataError, StateError, UnsupportedModelError
+from vitcompress.models import load_model
+from vitcompress.models.zoo import ZOO, build_zoo_model
+from vitcompress.nn.convert import prepare, quantization_points, set_quantizers
+from vitcompress.quantize import quantize_, recipe_of, restore, save
+from vitcompress.report.analysis import sqnr_db
+
+
+def _zoo(name):
+    """The shipped reference model if trained, else the same architecture with random weights."""
+    return load_model(name) if ZOO[name].checkpoint.is_file() else build_zoo_model(name).eval()
+
+
+def _input(model, n=2, seed=0):
+    size = model.patch_embed.img_size[0]
+    return torch.randn(n, model.patch_embed.proj.in_channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+MODELS = {
+    "vit-fmnist": lambda: _zoo("vit-fmnist"),
+    "swin-fmnist": lambda: _zoo("swin-fmnist"),
+    "deit_tiny_patch16_224": lambda: timm.create_model("deit_tiny_patch16_224").eval(),
+    "deit_tiny_distilled_patch16_224": lambda: timm.create_model("deit_tiny_distilled_patch16_224").eval(),
+    "swin_tiny_patch4_window7_224": lambda: timm.create_model("swin_tiny_patch4_window7_224").eval(),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_disabled_quantizers_are_bit_identical_to_float(name):
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    reference = copy.deepcopy(model)
+    prepare(model, get_preset("fqvit-w4a4"))
+    set_quantizers(model, False)
+    x = _input(model, n=1 if "224" in name else 4)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
+@pytest.mark.parametrize("name", ["vit-fmnist", "swin-fmnist"])
+def test_16_bit_everything_matches_float_closely(name):
+    # exercises the explicit attention path (relative position bias and shift mask for Swin)
+    model = MODELS[name]()
+    reference = copy.deepcopy(model)
+    a16 = QuantSpec(16, "asymmetric")
+    recipe = Recipe(weight=QuantSpec(16, "symmetric", "channel"), act=a16, qkv=a16, probs=a16, norm=a16)
+    x = _input(model, 8)
+    quantize_(model, recipe, [x], progress=False)
+    with torch.no_grad():
+        assert sqnr_db(reference(x), model(x)) > 50.0  # dB
+
+
+def test_point_names_cover_every_quantized_op():
+    model = build_zoo_model("swin-fmnist")
+    prepare(model, get_preset("w8a8"))
+    names = {n for n, _ in quantization_points(model)}
+    for expected in ("patch_embed.proj.weight", "patch_embed.proj.input", "layers.0.blocks.1.attn.q",
+                     "layers.0.blocks.1.attn.k", "layers.0.blocks.1.attn.v", "layers.0.blocks.1.attn.probs",
+                     "layers.0.blocks.1.attn.qkv.weight", "layers.0.blocks.1.mlp.fc2.input",
+                     "layers.1.downsample.reduction.weight", "layers.0.blocks.0.norm1.input", "head.fc.weight"):
+        assert expected in names
+
+
+def test_unknown_layers_error_or_float():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    with pytest.raises(UnsupportedModelError, match=r"1 \(BatchNorm1d\)"):
+        prepare(model, Recipe())
+    prepare(model, Recipe(unknown_layers="float"))
+    assert isinstance(model[1], nn.BatchNorm1d)
+
+
+def test_override_matching_nothing_is_an_error():
+    model = build_zoo_model("vit-fmnist")
+    with pytest.raises(ConfigError, match="blocks.99"):
+        prepare(model, Recipe().with_overrides(("blocks.99.*", {"bits": 4})))
+
+
+def test_overrides_reach_the_quantizers():
+    model = build_zoo_model("vit-fmnist")
+    prepare(model, get_preset("w4a4").with_overrides(("blocks.2.mlp.fc1.weight", {"bits": 2})))
+    points = dict(quantization_points(model))
+    assert points["blocks.2.mlp.fc1.weight"].spec.bits == 2
+    assert points["blocks.3.mlp.fc1.weight"].spec.bits == 4
+    assert points["head.weight"].spec.bits == 8 and points["patch_embed.proj.input"].spec.bits == 8
+
+
+def test_calibration_errors():
+    model = build_zoo_model("vit-fmnist")
+    with pytest.raises(DataError, match="empty"):
+        quantize_(copy.deepcopy(model), get_preset("w8a8"), [], progress=False)
+    bad = torch.zeros(2, 1, 28, 28)
+    bad[1, 0, 3, 3] = float("nan")
+    with pytest.raises(DataError, match="batch 0"):
+        quantize_(copy.deepcopy(model), get_preset("w8a8"), [bad], progress=False)
+    with pytest.raises(StateError, match="PTQ first|quantize_"):
+        recipe_of(model)
+
+
+@pytest.mark.parametrize("name", ["vit-fmnist", "swin-fmnist"])
+def test_save_restore_round_trip(name, tmp_path):
+    model = build_zoo_model(name).eval()
+    model.vitcompress_source = {"name": name}
+    x = _input(model, 8)
+    quantize_(model, get_preset("fqvit-w4a8"), [x], progress=False)
+    save(model, tmp_path / "m")
+    again = restore(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+    assert recipe_of(again) == recipe_of(model)
+
+
+def test_restore_onto_other_architecture_names_mismatch(tmp_path):
+    model = build_zoo_model("vit-fmnist").eval()
+    quantize_(model, get_preset("w8a8"), [_input(model, 4)], progress=False)
+    save(model, tmp_path / "m")
+    with pytest.raises(CheckpointError, match=r"model.safetensors.*key"):
+        restore(tmp_path / "m", model=build_zoo_model("swin-fmnist"))
