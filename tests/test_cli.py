@@ -1,0 +1,47 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vitcompress.cli import build_parser, main
+
+COMMANDS = [["demo"], ["eval"], ["zoo"], ["zoo", "list"], ["zoo", "train"], ["cost"], ["compress"]]
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a))
+def test_help_on_every_command(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    assert "usage: vitcompress" in capsys.readouterr().out
+
+
+def test_every_subcommand_is_covered_by_the_help_test():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == {a[0] for a in COMMANDS}
+
+
+def test_unknown_model_is_a_one_line_error(capsys):
+    assert main(["eval", "--model", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vitcompress: error: unknown model 'nope'") and "\n" not in err
+
+
+def test_bad_recipe_is_a_one_line_error(capsys):
+    assert main(["compress", "--model", "vit-fmnist", "--recipe", "w5a5", "--out", "x"]) == 2
+    assert "recipe must be one of" in capsys.readouterr().err
+
+
+def test_zoo_list_json(capsys):
+    assert main(["zoo", "list", "--json"]) == 0
+    names = [r["name"] for r in json.loads(capsys.readouterr().out)]
+    assert names == ["vit-fmnist", "swin-fmnist"]
+
+
+def test_import_is_quick_and_lazy():
+    code = "import time, sys; t = time.perf_counter(); import vitcompress; " \
+           "print(time.perf_counter() - t, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[1] == "False"  # no torch, no data at import
+    assert float(out[0]) < 1.0  # seconds; generous: it imports nothing heavy
