@@ -56,7 +56,7 @@ ZOO: dict[str, ZooEntry] = {
             arch="vit",
             kwargs=dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=96, depth=6,
                         num_heads=3, mlp_ratio=4.0, drop_path_rate=0.0),
-            recipe=TrainRecipe(epochs=12),
+            recipe=TrainRecipe(epochs=25),
             description="DeiT-Tiny-style ViT: 28x28, patch 4 (49 tokens + CLS), dim 96, depth 6, 3 heads",
         ),
         ZooEntry(

@@ -1,0 +1,4 @@
+"""Searches over compression settings; each returns a plan (data you can save and apply).
+
+Sub-packages: :mod:`vitcompress.search.bitalloc` (F-LBQ bit allocation, METHODS.md §2).
+"""
