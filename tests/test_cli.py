@@ -6,7 +6,7 @@ import pytest
 
 from vitcompress.cli import build_parser, main
 
-COMMANDS = [["demo"], ["eval"], ["zoo"], ["zoo", "list"], ["zoo", "train"], ["cost"], ["compress"]]
+COMMANDS = [["demo"], ["eval"], ["zoo"], ["zoo", "list"], ["zoo", "train"], ["cost"], ["compress"], ["allocate"]]
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a))

@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
     p.add_argument("--out", required=True, help="output folder")
+    p = sub.add_parser("allocate", help="F-LBQ bit allocation from distortion curves (DP or Lagrangian)")
+    from vitcompress.search.bitalloc.cli import add_arguments as add_allocate_arguments
+
+    add_allocate_arguments(p)
     return parser
 
 
@@ -143,6 +147,13 @@ def _demo(args: argparse.Namespace) -> int:
               f"{m['fp_top1'] - m['q_top1']:>6.2f} {m['rel_bops']:>9.4f} {m['size_bytes'] / 1024:>11.1f} "
               f"{m['ptq_seconds']:>6.1f}")
     return 0
+
+
+@command("allocate")
+def _allocate(args: argparse.Namespace) -> int:
+    from vitcompress.search.bitalloc.cli import run
+
+    return run(args)
 
 
 def _model_kwargs(args: argparse.Namespace) -> dict:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 from timm.layers import Attention
+from timm.layers import LayerNorm as TimmLayerNorm
 from timm.models.swin_transformer import WindowAttention
 from torch import nn
 
@@ -50,6 +51,7 @@ CONVERTERS: dict[type, Converter] = {
     nn.Linear: _linear,
     nn.Conv2d: _linear,
     nn.LayerNorm: _norm,
+    TimmLayerNorm: _norm,  # same math as nn.LayerNorm (timm's fast-norm path off by default)
     Attention: _attention(QuantAttention),
     WindowAttention: _attention(QuantWindowAttention),
 }
