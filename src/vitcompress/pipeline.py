@@ -26,6 +26,7 @@ from vitcompress.report.charts import bar_chart
 from vitcompress.report.markdown import compression_report
 
 log = logging.getLogger(__name__)
+_FP_METRICS: dict[tuple, object] = {}
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,10 @@ def run_compress(job: CompressJob, out_dir: str | Path | None = None) -> dict:
     spec = input_spec_of(model)
     test = load_dataset(spec, "test", job.data_root)
     calib = calibration_subset(load_dataset(spec, "train", job.data_root), job.calib_size, seed=job.seed)
-    fp = evaluate(model, test, limit=job.eval_limit, progress=job.progress)
+    key = (job.model, job.data_root, job.eval_limit)
+    if key not in _FP_METRICS:  # evaluation is deterministic: the float model's numbers are reused
+        _FP_METRICS[key] = evaluate(model, test, limit=job.eval_limit, progress=job.progress)
+    fp = _FP_METRICS[key]
     fp_cost = cost(model)
     float_model = copy.deepcopy(model)
     t_q = time.perf_counter()

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from vitcompress.data.datasets import make_loader
@@ -56,6 +56,8 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader | Iterable, batch_size
         limit: evaluate only the first ``limit`` images.
     """
     model.eval()
+    if isinstance(data, Dataset) and limit is not None:
+        data = Subset(data, range(min(limit, len(data))))
     loader = make_loader(data, batch_size) if isinstance(data, Dataset) else data
     correct1 = correct5 = seen = 0
     loss_sum, seconds = 0.0, 0.0
