@@ -1,3 +1,4 @@
+import contextlib
 import gzip
 from pathlib import Path
 
@@ -56,10 +57,8 @@ def test_resume_from_epoch_checkpoint_is_bit_identical(tmp_path):
 
     trainer._save_state = save_then_die
     try:
-        try:
+        with contextlib.suppress(Stop):
             train_classifier(_tiny(), data, recipe, tmp_path / "b")
-        except Stop:
-            pass
     finally:
         trainer._save_state = original
     resumed = _tiny()

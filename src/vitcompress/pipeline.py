@@ -6,8 +6,8 @@ This is the one place that sees every layer of the toolkit; the CLI calls it.
 from __future__ import annotations
 
 import copy
-import math
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -153,9 +153,9 @@ def _rows(module: nn.Module, name: str, info: tuple) -> list[LayerCost]:
         heads = module.num_heads
         head_dim = module.qkv.out_features // 3 // heads
         macs = b_ * heads * n * n * head_dim
-        q, k, p, v = (getattr(module, f"{x}_quantizer", None) for x in ("q", "k", "probs", "v"))
-        return [LayerCost(f"{name}.qk", "matmul", macs, None, _bits(q), _bits(k), int(macs * _bits(q) * _bits(k)), 0, 0),
-                LayerCost(f"{name}.av", "matmul", macs, None, _bits(p), _bits(v), int(macs * _bits(p) * _bits(v)), 0, 0)]
+        q, k, p, v = (_bits(getattr(module, f"{x}_quantizer", None)) for x in ("q", "k", "probs", "v"))
+        return [LayerCost(f"{name}.qk", "matmul", macs, None, q, k, int(macs * q * k), 0, 0),
+                LayerCost(f"{name}.av", "matmul", macs, None, p, v, int(macs * p * v), 0, 0)]
     _, in_shape, out_shape = info
     w = module.weight
     out_ch = w.shape[0]

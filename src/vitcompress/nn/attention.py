@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 from timm.layers import Attention
-from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
+from timm.layers.attention import resolve_self_attn_mask
 from timm.models.swin_transformer import WindowAttention
 from torch import nn
 

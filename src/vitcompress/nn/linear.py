@@ -20,6 +20,13 @@ class _WeightQuantMixin:
 
     bias_correction: bool
 
+    def _attach(self, source: nn.Module, weight_spec: QuantSpec, input_spec: QuantSpec, name: str,
+                input_axis: int, in_channels: int) -> None:
+        self.weight, self.bias = source.weight, source.bias  # shared Parameters: no copy
+        self.bias_correction = False
+        self.weight_quantizer = make_quantizer(weight_spec, f"{name}.weight", 0, source.weight.shape[0])
+        self.input_quantizer = make_quantizer(input_spec, f"{name}.input", input_axis, in_channels)
+
     def quantized_weight(self) -> torch.Tensor:
         w = self.weight
         w_hat = self.weight_quantizer(w)
@@ -37,10 +44,7 @@ class QuantLinear(_WeightQuantMixin, nn.Linear):
         q = cls.__new__(cls)
         nn.Module.__init__(q)
         q.in_features, q.out_features = linear.in_features, linear.out_features
-        q.weight, q.bias = linear.weight, linear.bias  # shared Parameters: no copy
-        q.bias_correction = False
-        q.weight_quantizer = make_quantizer(weight_spec, f"{name}.weight", 0, linear.out_features)
-        q.input_quantizer = make_quantizer(input_spec, f"{name}.input", -1, linear.in_features)
+        q._attach(linear, weight_spec, input_spec, name, -1, linear.in_features)
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,11 +62,8 @@ class QuantConv2d(_WeightQuantMixin, nn.Conv2d):
         for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
                      "transposed", "output_padding", "groups", "padding_mode", "_reversed_padding_repeated_twice"):
             setattr(q, attr, getattr(conv, attr))
-        q.weight, q.bias = conv.weight, conv.bias
-        q.bias_correction = False
-        q.weight_quantizer = make_quantizer(weight_spec, f"{name}.weight", 0, conv.out_channels)
-        # activations of a conv are (B, C, H, W): per-tensor specs only make sense here
-        q.input_quantizer = make_quantizer(input_spec, f"{name}.input", 1, conv.in_channels)
+        # activations of a conv are (B, C, H, W): the channel axis of an input spec is 1
+        q._attach(conv, weight_spec, input_spec, name, 1, conv.in_channels)
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

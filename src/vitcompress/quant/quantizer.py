@@ -117,7 +117,8 @@ class UniformQuantizer(Quantizer):
             raise ConfigError(f"set_group_bits needs granularity 'group', {self.name} has {self.spec.granularity!r}")
         bits = torch.as_tensor(bits, dtype=torch.int64).flatten()
         if bits.numel() != self.group_bits.numel():
-            raise ConfigError(f"group_bits of {self.name} must have {self.group_bits.numel()} values, got {bits.numel()}")
+            raise ConfigError(f"group_bits of {self.name} must have {self.group_bits.numel()} values, "
+                              f"got {bits.numel()}")
         bad = [int(b) for b in bits if int(b) not in GROUP_BITS]
         if bad:
             raise ConfigError(f"group_bits must be in {list(GROUP_BITS)}, got {bad[0]} for {self.name}")
