@@ -32,6 +32,16 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merge(paths: list[str], out: Path) -> None:
+    """Combine the results of separate runs (e.g. one per model) into one table."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    rows = [r for part in parts for r in part["rows"]]
+    runs = "\n".join(f"- `{part['command']}` ({part['environment']})" for part in parts)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "ptq.json", {"runs": [{k: v for k, v in p.items() if k != "rows"} for p in parts], "rows": rows})
+    write_text(out / "ptq.md", f"# PTQ results\n\nRuns:\n{runs}\n\n{table(rows)}\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--models", nargs="+", default=list_models())
@@ -40,7 +50,11 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="test images (default: all 10,000)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=str(ROOT / "docs" / "results"))
+    p.add_argument("--merge", nargs="+", default=None, help="only combine earlier ptq.json files into --out")
     args = p.parse_args()
+    if args.merge:
+        merge(args.merge, Path(args.out))
+        return
     logging.basicConfig(level=logging.INFO)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -57,10 +71,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
            f"{time.perf_counter() - t0:.0f} s in all")
-    write_json(out / "ptq.json", {"environment": env, "rows": rows})
     cmd = "python benchmarks/ptq.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if v is not None and k != "out")
+        for k, v in vars(args).items() if v is not None and k not in ("out", "merge"))
+    write_json(out / "ptq.json", {"command": cmd, "environment": env, "rows": rows})
     write_text(out / "ptq.md", f"# PTQ results\n\nCommand: `{cmd}`\n\nEnvironment: {env}\n\n{table(rows)}\n")
     print(table(rows))
     print(json.dumps({"seconds": time.perf_counter() - t0}))
