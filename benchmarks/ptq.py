@@ -36,7 +36,7 @@ def merge(paths: list[str], out: Path) -> None:
     """Combine the results of separate runs (e.g. one per model) into one table."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     rows = [r for part in parts for r in part["rows"]]
-    runs = "\n".join(f"- `{part['command']}` ({part['environment']})" for part in parts)
+    runs = "\n".join(f"- `{part.get('command', 'python benchmarks/ptq.py')}` ({part['environment']})" for part in parts)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "ptq.json", {"runs": [{k: v for k, v in p.items() if k != "rows"} for p in parts], "rows": rows})
     write_text(out / "ptq.md", f"# PTQ results\n\nRuns:\n{runs}\n\n{table(rows)}\n")
