@@ -100,6 +100,8 @@ def test_calibration_errors():
     bad[1, 0, 3, 3] = float("nan")
     with pytest.raises(DataError, match="batch 0"):
         quantize_(copy.deepcopy(model), get_preset("w8a8"), [bad], progress=False)
+    with pytest.raises(DataError, match=r"expected \(N, 1, 28, 28\), got \(2, 1, 32, 32\)"):
+        quantize_(copy.deepcopy(model), get_preset("w8a8"), [torch.zeros(2, 1, 32, 32)], progress=False)
     with pytest.raises(StateError, match="PTQ first|quantize_"):
         recipe_of(model)
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from vitcompress.calib import iter_images
 from vitcompress.config import Recipe
 from vitcompress.errors import CheckpointError, StateError
+from vitcompress.eval.classification import check_input
 from vitcompress.io import write_json
 from vitcompress.models.checkpoint import load_weights, save_weights
 from vitcompress.nn.convert import point_role, prepare, quantization_points
@@ -71,6 +72,8 @@ def calibrate_activations(model: nn.Module, calib: Dataset | DataLoader | Iterab
     seen = 0
     try:
         for x in tqdm(iter_images(calib, batch_size), desc="calibrate", leave=False, disable=not progress):
+            if seen == 0:
+                check_input(model, x)
             model(x)
             seen += len(x)
     finally:
