@@ -4,12 +4,32 @@ from __future__ import annotations
 
 import torch
 
+from vitcompress.errors import DataError
+
 
 def correct_bias(w: torch.Tensor, w_hat: torch.Tensor, axis: int = 0, eps: float = 1e-8) -> torch.Tensor:
-    """Match the per-output-channel variance, then the mean, of ``w_hat`` to those of ``w``.
+    """Match the per-output-channel standard deviation, then the mean, of ``w_hat`` to those of ``w``.
 
-    1. variance: ``Ŵ ← (Ŵ − μ(Ŵ))·σ(W)/(σ(Ŵ) + eps) + μ(Ŵ)``;  2. mean: ``Ŵ ← Ŵ − μ(Ŵ) + μ(W)``.
+    Per channel ``c`` of ``axis`` (METHODS §0.3, in this order):
+
+    1. variance: ``Ŵ ← (Ŵ − μ(Ŵ))·σ(W)/(σ(Ŵ) + eps) + μ(Ŵ)``;
+    2. mean: ``Ŵ ← Ŵ − μ(Ŵ) + μ(W)``.
+
+    σ is the population standard deviation over the other axes. Gradients flow through ``w_hat``
+    (and ``w``), so the correction can sit inside a QAT forward pass.
+
+    Args:
+        w: the float weight.
+        w_hat: its de-quantized (fake-quantized) version, same shape.
+        axis: the output-channel axis.
+        eps: added to σ(Ŵ) (a channel quantized to a constant keeps its values).
+
+    Returns:
+        The corrected weight (a new tensor); ``w_hat`` itself for a 1-D weight (nothing to average).
     """
+    if w.shape != w_hat.shape:
+        raise DataError(f"correct_bias: w and w_hat must have the same shape, got {tuple(w.shape)} "
+                        f"and {tuple(w_hat.shape)}")
     dims = [d for d in range(w.dim()) if d != axis % w.dim()]
     if not dims:
         return w_hat

@@ -1,51 +1,119 @@
-"""Functional reference of every quantizer (METHODS §0.1). The modules call these, so a module's
-output equals its functional reference exactly."""
+"""Functional reference of every quantizer (METHODS §0.1).
+
+The quantizer modules call these functions, so a module's output equals its functional reference
+exactly (``torch.equal``). Gradients use the straight-through estimator (STE): rounding passes the
+gradient unchanged; clamping passes it only inside the clamping range.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from vitcompress.errors import ConfigError
+
+Bound = int | float | torch.Tensor
+
 
 def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
-    """Integer grid of a ``bits``-wide quantizer: signed [-2^(b-1), 2^(b-1)-1] or unsigned [0, 2^b-1]."""
+    """Integer grid ``(qmin, qmax)`` of a ``bits``-wide quantizer (METHODS §0.1).
+
+    Args:
+        bits: bit width, an integer in 2..32.
+        symmetric: signed grid ``[-2^(b-1), 2^(b-1)-1]`` if True, else unsigned ``[0, 2^b-1]``.
+
+    Raises:
+        ConfigError: ``bits`` is not an integer in 2..32.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 32:
+        raise ConfigError(f"bits must be an integer in 2..32, got {bits!r}")
     if symmetric:
         return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     return 0, 2**bits - 1
 
 
+def qrange_tensor(bits: torch.Tensor, symmetric: bool,
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`qrange` for a tensor of bit widths (per-group bits): ``(qmin, qmax)`` as tensors of
+    its shape in ``dtype`` (exact: powers of two up to 2^16 are representable in float32)."""
+    bits = bits.to(dtype)
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return torch.zeros_like(bits), 2**bits - 1
+
+
 def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """Round to nearest (half to even, as torch.round) with a straight-through gradient."""
+    """Round to nearest (half to even, as ``torch.round``) with a straight-through gradient."""
     return x + (x.round() - x).detach()
 
 
-def grad_scale(t: torch.Tensor, g: float) -> torch.Tensor:
-    """Identity in the forward pass, gradient multiplied by ``g`` (LSQ, Esser et al. 2020)."""
-    return t * g + (t - t * g).detach()
+def grad_scale(t: torch.Tensor, g: float | torch.Tensor) -> torch.Tensor:
+    """Identity in the forward pass; the gradient is multiplied by ``g`` (LSQ, Esser et al. 2020).
 
-
-def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin, qmax) -> torch.Tensor:
-    """``q = clamp(round(x/s) + z, qmin, qmax)``, ``x̂ = (q − z)·s``; all arguments broadcast.
-
-    Gradients: straight through the rounding, zero outside the clamping range (STE with clipping).
+    The forward value is exactly ``t`` (``t + (y − y)`` with ``y = t·g``), so a learnable-scale
+    quantizer still equals its functional reference bit for bit.
     """
-    q = torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
+    scaled = t * g
+    return t.detach() + (scaled - scaled.detach())
+
+
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: Bound,
+               qmax: Bound) -> torch.Tensor:
+    """Uniform affine fake quantization: ``q = clamp(round(x/s) + z, qmin, qmax)``, ``x̂ = (q − z)·s``.
+
+    All of ``scale``, ``zero_point``, ``qmin``, ``qmax`` broadcast against ``x`` (per-tensor scalars,
+    per-channel or per-group tensors shaped for broadcasting). Gradients are those of LSQ (Esser et
+    al. 2020), with ``v = x/s + z``: to ``x`` 1 where ``qmin ≤ v ≤ qmax`` else 0 (STE with
+    clipping); to ``s`` ``round(x/s) − x/s`` inside and the clipped code ``qmin − z`` / ``qmax − z``
+    outside.
+
+    Args:
+        x: values to quantize.
+        scale: step size ``s`` (> 0).
+        zero_point: integer-valued zero point ``z`` (0 for symmetric quantizers).
+        qmin: lowest code.
+        qmax: highest code.
+
+    Returns:
+        The de-quantized values ``x̂``, on the grid ``(k − z)·s`` for integer ``k`` in ``[qmin, qmax]``.
+    """
+    u = x / scale
+    hard = torch.clamp(torch.round(u.detach()) + zero_point, qmin, qmax)  # the value: METHODS §0.1 exactly
+    soft = torch.clamp(u + zero_point, qmin, qmax)  # the gradient path: clip on the unrounded code (LSQ)
+    # soft and hard differ by at most half a code, so hard − soft is exact (Sterbenz) and the sum is hard
+    q = soft + (hard - soft).detach()
     return (q - zero_point) * scale
 
 
 def log2_fake_quant(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Log2 quantizer for values in [0, 1] (attention probabilities).
+    """Log2 quantizer for values in [0, 1] (attention probabilities; METHODS §0.1).
 
-    ``q = round(−log2 x)``, ``x̂ = 2^(−q)``; values whose q exceeds 2^b − 1 (and zeros) become 0.
-    The gradient passes straight through.
+    ``q = clamp(round(−log2 x), 0, 2^b − 1)``, ``x̂ = 2^(−q)``; values whose ``q`` would exceed
+    ``2^b − 1`` become 0, as do zeros (and negative values, which probabilities never are). Values
+    above 1 give ``q = 0`` (``x̂ = 1``). The gradient passes straight through.
+
+    Args:
+        x: probabilities.
+        bits: bit width, 2..16.
     """
     levels = 2**bits - 1
-    q = torch.round(-torch.log2(x.clamp_min(torch.finfo(x.dtype).tiny)))
-    q = q.clamp_min(0.0)
-    x_hat = torch.where((q > levels) | (x <= 0), torch.zeros_like(x), torch.exp2(-q))
+    positive = x > 0
+    # non-positive values take a dummy 1 (finite log2) and are set to 0 below
+    q = torch.round(-torch.log2(torch.where(positive, x, torch.ones_like(x)))).clamp_min(0.0)
+    x_hat = torch.where((q > levels) | ~positive, torch.zeros_like(x), torch.exp2(-q))
     return x + (x_hat - x).detach()
 
 
 def ptf_fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, alpha: torch.Tensor,
-                   qmin: int, qmax: int) -> torch.Tensor:
-    """Power-of-two-factor quantization (FQ-ViT): channel c (last axis) uses scale ``s·2^α_c``."""
-    return fake_quant(x, scale * torch.exp2(alpha.to(x.dtype)), zero_point, qmin, qmax)
+                   qmin: Bound, qmax: Bound) -> torch.Tensor:
+    """Power-of-two-factor quantization (FQ-ViT; METHODS §0.1): channel ``c`` on the last axis uses
+    scale ``s·2^α_c`` and the shared zero point.
+
+    Args:
+        x: values with channels on the last axis (tokens × C).
+        scale: the base scale ``s = s_layer / 8`` (scalar).
+        zero_point: the layer zero point (scalar).
+        alpha: per-channel factor exponent ``α_c`` in {0, 1, 2, 3}, shape (C,).
+        qmin: lowest code.
+        qmax: highest code.
+    """
+    return fake_quant(x, scale * torch.exp2(alpha.to(scale.dtype)), zero_point, qmin, qmax)

@@ -1,206 +1,352 @@
 """Range estimation (METHODS §0.2): min-max, percentile, OMSE and MSE search.
 
-Two kinds: functions over a whole tensor reduced per row (weights: per tensor, channel or group),
-and streaming observers for activations that keep exact running min/max plus a fixed-size
-histogram, so one pass over the calibration set suffices and memory does not grow with it.
+Two kinds:
+
+* functions over a whole tensor (weights), reduced to one range per tensor, output channel or group
+  of channels (:func:`to_rows`, :func:`search_range`, :func:`tensor_range`); the search runs on the
+  exact values;
+* streaming observers (:class:`RowHistogram` and its per-tensor / per-channel forms) for
+  activations: exact running min/max plus fixed-size histograms, so one pass over the calibration
+  set suffices and memory does not grow with the number of images (METHODS §0.2). Percentile, OMSE
+  and MSE ranges, and the PTF factors, are computed from the histograms.
+
+When the range grows, the histogram is re-binned by merging ``2^k`` adjacent old bins into one new
+bin, with the new edges on old edges, so re-binning moves no count across a value boundary (no
+error beyond the coarser resolution) and the range at least doubles each time.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from vitcompress.errors import DataError
+from vitcompress.errors import ConfigError, DataError
 from vitcompress.quant.functional import qrange
 
-OMSE_STEPS = 90  # shrink by 1 % steps, i = 0 … 89 (FQ-ViT / METHODS §0.2)
-MSE_RATIOS = torch.linspace(0.3, 1.0, 100)
+OMSE_RATIOS = tuple(1.0 - 0.01 * i for i in range(90))  # i = 0 … 89, 1 % steps (METHODS §0.2, FQ-ViT)
+MSE_RATIOS = tuple(0.3 + 0.7 * i / 99 for i in range(100))  # finer clipping search in [0.3, 1]
+_EPS_SCALE = 1e-8
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:
-    if not torch.isfinite(x).all():
+    """Raise :class:`DataError` naming quantizer ``name`` if ``x`` holds NaN or Inf."""
+    if not bool(torch.isfinite(x).all()):
         raise DataError(f"quantizer {name or '<unnamed>'}: observed data contains NaN or Inf")
 
 
-def _qparams(lo: torch.Tensor, hi: torch.Tensor, bits: torch.Tensor, symmetric: bool):
-    """Scale, zero point, qmin, qmax (tensors of the shape of lo) for ranges [lo, hi]."""
-    bits = bits.to(lo.dtype)
+def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int | torch.Tensor, symmetric: bool):
+    """Scale, zero point, qmin, qmax (tensors shaped like ``lo``) for the ranges ``[lo, hi]``.
+
+    Symmetric: ``s = max(|lo|, |hi|)/qmax``, ``z = 0``. Asymmetric: the range is widened to include 0
+    (so zero is exactly representable), ``s = (hi − lo)/(qmax − qmin)``, ``z = qmin − round(lo/s)``
+    clamped to the grid. Scales are at least 1e-8 (an all-zero range still gives a valid grid).
+    """
+    bits = torch.as_tensor(bits, device=lo.device).to(lo.dtype).expand_as(lo)
     if symmetric:
         qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-        scale = torch.maximum(lo.abs(), hi.abs()) / qmax
-        zero = torch.zeros_like(scale)
-    else:
-        lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)  # zero must be exactly representable
-        qmin, qmax = torch.zeros_like(bits), 2**bits - 1
-        scale = (hi - lo) / (qmax - qmin)
-        scale = scale.clamp_min(1e-8)
-        zero = (qmin - torch.round(lo / scale)).clamp(qmin, qmax)
-    return scale.clamp_min(1e-8), zero, qmin, qmax
+        scale = (torch.maximum(lo.abs(), hi.abs()) / qmax).clamp_min(_EPS_SCALE)
+        return scale, torch.zeros_like(scale), qmin, qmax
+    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+    qmin, qmax = torch.zeros_like(bits), 2**bits - 1
+    scale = ((hi - lo) / (qmax - qmin)).clamp_min(_EPS_SCALE)
+    zero = torch.maximum(torch.minimum(qmin - torch.round(lo / scale), qmax), qmin)
+    return scale, zero, qmin, qmax
 
 
-def qparams_from_range(lo, hi, bits, symmetric: bool):
-    """Public form of the scale/zero-point rule: symmetric ``s = max|x|/qmax``, asymmetric
-    ``s = (max − min)/(qmax − qmin)``, ``z = qmin − round(min/s)`` (range widened to include 0)."""
-    return _qparams(lo, hi, torch.as_tensor(bits, dtype=lo.dtype).expand_as(lo), symmetric)
+def to_rows(x: torch.Tensor, granularity: str, axis: int = 0, group_size: int | None = None) -> torch.Tensor:
+    """View ``x`` as (R, K): one row per range to estimate.
 
-
-def _row_error(rows: torch.Tensor, lo, hi, bits, symmetric: bool, weights=None) -> torch.Tensor:
-    """Squared quantization error of each row (R, K) for candidate ranges (…, R, 1)."""
-    scale, zero, qmin, qmax = _qparams(lo, hi, bits, symmetric)
-    q = torch.clamp(torch.round(rows / scale) + zero, qmin, qmax)
-    err = ((q - zero) * scale - rows) ** 2
-    return (err * weights).sum(-1) if weights is not None else err.sum(-1)
-
-
-def search_range(rows: torch.Tensor, bits: torch.Tensor, symmetric: bool, observer: str,
-                 percentile: float = 99.99, weights: torch.Tensor | None = None):
-    """Range [lo, hi] per row of ``rows`` (R, K) for ``observer``; ``bits`` (R,).
-
-    ``weights`` (R, K) turns ``rows`` into histogram bin centres with counts (streaming case).
+    ``tensor``: one row; ``channel``: one row per index of ``axis``; ``group``: one row per
+    ``group_size`` consecutive indices of ``axis``.
     """
-    if weights is None:
-        lo, hi = rows.amin(dim=1), rows.amax(dim=1)
-    else:
-        present = weights > 0
-        lo = torch.where(present, rows, torch.full_like(rows, torch.inf)).amin(dim=1)
-        hi = torch.where(present, rows, torch.full_like(rows, -torch.inf)).amax(dim=1)
+    if granularity == "tensor":
+        return x.reshape(1, -1)
+    c = x.shape[axis]
+    rows = x.movedim(axis, 0).reshape(c, -1)  # (C, K)
+    if granularity == "channel":
+        return rows
+    if granularity == "group":
+        if not group_size or c % group_size:
+            raise ConfigError(f"group_size must divide the {c} channels, got {group_size!r}")
+        return rows.reshape(c // group_size, -1)  # consecutive channels are consecutive rows
+    raise ConfigError(f"granularity must be one of ['tensor', 'channel', 'group'], got {granularity!r}")
+
+
+def _ratios(observer: str) -> tuple[float, ...]:
+    if observer == "omse":
+        return OMSE_RATIOS
+    if observer == "mse":
+        return MSE_RATIOS
+    raise ConfigError(f"observer must be one of ['minmax', 'percentile', 'omse', 'mse'], got {observer!r}")
+
+
+def _row_quantile(rows: torch.Tensor, q: float) -> torch.Tensor:
+    """Per-row quantile with linear interpolation (as ``torch.quantile``, without its size limit)."""
+    s = rows.sort(dim=1).values
+    pos = q * (rows.shape[1] - 1)
+    i = min(int(math.floor(pos)), rows.shape[1] - 1)
+    j = min(i + 1, rows.shape[1] - 1)
+    return s[:, i] + (pos - i) * (s[:, j] - s[:, i])
+
+
+def _dequant(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: torch.Tensor,
+             qmax: torch.Tensor) -> torch.Tensor:
+    """The values of :func:`fake_quant` (bit for bit) without its gradient machinery."""
+    return (torch.clamp(torch.round(x / scale) + zero, qmin, qmax) - zero) * scale
+
+
+@torch.no_grad()
+def search_range(rows: torch.Tensor, bits: int | torch.Tensor, symmetric: bool, observer: str,
+                 percentile: float = 99.99) -> tuple[torch.Tensor, torch.Tensor]:
+    """Range ``(lo, hi)``, each (R,), of every row of ``rows`` (R, K) for ``observer``.
+
+    ``minmax``: the row extremes; ``percentile``: the ``100 − p`` and ``p`` percentiles; ``omse``:
+    ``[min, max]·(1 − 0.01 i)`` for i = 0…89 with the least squared quantization error (METHODS
+    §0.2); ``mse``: the same over 100 ratios in [0.3, 1]. Ratio 1 (min-max) is always a candidate
+    and ties keep the earlier one, so neither search is ever worse than min-max on ``rows``.
+
+    Args:
+        rows: values, one row per range.
+        bits: bit width, an int or one per row (R,).
+        symmetric: signed symmetric grid, else unsigned with zero point.
+        observer: ``minmax``, ``percentile``, ``omse`` or ``mse``.
+        percentile: for ``percentile``, in (50, 100].
+    """
+    lo, hi = rows.amin(dim=1), rows.amax(dim=1)
     if observer == "minmax":
         return lo, hi
     if observer == "percentile":
-        if weights is None:
-            q = torch.tensor([1 - percentile / 100, percentile / 100], dtype=rows.dtype)
-            qs = torch.quantile(rows, q, dim=1) if rows.shape[1] <= 16_000_000 else None
-            return qs[0], qs[1]
-        cdf = weights.cumsum(1) / weights.sum(1, keepdim=True)
-        lo_i = (cdf < 1 - percentile / 100).sum(1).clamp(max=rows.shape[1] - 1)
-        hi_i = (cdf < percentile / 100).sum(1).clamp(max=rows.shape[1] - 1)
-        return rows.gather(1, lo_i[:, None])[:, 0], rows.gather(1, hi_i[:, None])[:, 0]
-    ratios = (1.0 - 0.01 * torch.arange(OMSE_STEPS, dtype=rows.dtype)) if observer == "omse" \
-        else MSE_RATIOS.to(rows.dtype)
+        return _row_quantile(rows, 1 - percentile / 100), _row_quantile(rows, percentile / 100)
+    bits = torch.as_tensor(bits, device=rows.device).expand_as(lo)
     best_lo, best_hi = lo.clone(), hi.clone()
-    best_err = torch.full_like(lo, torch.inf)
-    for r in ratios:  # ≤ 100 candidates; each evaluated on all rows at once
-        err = _row_error(rows, (lo * r)[:, None], (hi * r)[:, None], bits[:, None], symmetric, weights)
+    best_err = torch.full_like(lo, math.inf)
+    for r in _ratios(observer):  # ≤ 100 candidates, each evaluated on all rows at once
+        scale, zero, qmin, qmax = qparams_from_range(lo * r, hi * r, bits, symmetric)
+        err = (_dequant(rows, scale[:, None], zero[:, None], qmin[:, None], qmax[:, None]) - rows).pow(2).sum(1)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_lo, best_hi = torch.where(better, lo * r, best_lo), torch.where(better, hi * r, best_hi)
     return best_lo, best_hi
 
 
-class HistogramObserver:
-    """Streaming per-tensor statistics: exact running min/max and a histogram of ``bins`` bins.
+def tensor_range(x: torch.Tensor, observer: str, bits: int | torch.Tensor, symmetric: bool,
+                 granularity: str = "tensor", axis: int = 0, group_size: int | None = None,
+                 percentile: float = 99.99) -> tuple[torch.Tensor, torch.Tensor]:
+    """Range of a whole tensor (a weight) per tensor / channel / group along ``axis``.
 
-    When a batch falls outside the current histogram range, the range is widened (at least doubled,
-    to re-bin rarely) and the old counts are moved to the bins holding their old centres.
+    Returns ``(lo, hi)``: 0-dim tensors for ``tensor``, else shape (R,) with R channels or groups.
+    """
+    rows = to_rows(x.detach(), granularity, axis, group_size)
+    lo, hi = search_range(rows, bits, symmetric, observer, percentile)
+    return (lo[0], hi[0]) if granularity == "tensor" else (lo, hi)
+
+
+# ---- histogram error model -----------------------------------------------------------------------
+def _cum_sq_err(v: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """``P(v) = ∫_0^v (clamp(round(u), low, high) − u)² du`` in code units (closed form).
+
+    Inside ``[low − ½, high + ½]`` the integrand is periodic with mean 1/12 per code; beyond, it is
+    the squared distance to the clipping code.
+    """
+    m = torch.minimum(torch.maximum(v, low - 0.5), high + 0.5)
+    w = m + 0.5
+    r = w - w.floor()
+    inside = w.floor() / 12 + ((r - 0.5) ** 3 + 0.125) / 3 - 1 / 24
+    above = ((v - high).clamp_min(0.5) ** 3 - 0.125) / 3
+    below = ((low - v).clamp_min(0.5) ** 3 - 0.125) / 3
+    return inside + above - below
+
+
+def hist_sq_error(lower: torch.Tensor, upper: torch.Tensor, counts: torch.Tensor, scale: torch.Tensor,
+                  zero: torch.Tensor, qmin: torch.Tensor, qmax: torch.Tensor) -> torch.Tensor:
+    """Sum of squared quantization errors of histogrammed data, per row.
+
+    Values are assumed uniform inside each bin ``[lower, upper]`` (R, bins), so the error of a bin is
+    exact for that density even when a bin is wider than a quantization step. ``scale``, ``zero``,
+    ``qmin``, ``qmax`` are per row (R, 1).
+    """
+    low, high = qmin - zero, qmax - zero  # clamp(round(x/s) + z, qmin, qmax) − z = clamp(round(x/s), low, high)
+    a, b = lower / scale, upper / scale
+    width = b - a
+    point = a + width / 2
+    point_err = (torch.minimum(torch.maximum(point.round(), low), high) - point) ** 2
+    mean_err = torch.where(width > 1e-9, (_cum_sq_err(b, low, high) - _cum_sq_err(a, low, high))
+                           / width.clamp_min(1e-9), point_err)
+    return (counts * mean_err).sum(1) * scale[:, 0] ** 2
+
+
+class RowHistogram:
+    """Streaming statistics of R rows: exact running min/max and one histogram per row.
+
+    Row ``r`` has its own bin grid ``lo_r + i·width_r`` (i < bins), started from the first batch's
+    range and grown by aligned merges (module docstring), so rows of very different magnitude
+    (channels) each keep ``bins`` bins of resolution. Rows are fed as (R, K) tensors; K may differ
+    between calls. Memory: R × bins float64 counts, independent of how much data is observed.
     """
 
-    def __init__(self, name: str = "", bins: int = 2048):
-        self.name, self.bins = name, bins
-        self.min = self.max = None
-        self.lo = self.hi = None
-        self.hist: torch.Tensor | None = None
-        self.count = 0
+    def __init__(self, rows: int, name: str = "", bins: int = 2048):
+        self.rows, self.name, self.bins = rows, name, bins
+        self.min: torch.Tensor | None = None  # (R,) float64, exact
+        self.max: torch.Tensor | None = None
+        self.hist: torch.Tensor | None = None  # (R, bins) float64
+        self.lo: torch.Tensor | None = None  # (R,) float64 lower edge of bin 0
+        self.width: torch.Tensor | None = None  # (R,) float64 bin width
+        self.count = 0  # values per row
 
-    def update(self, x: torch.Tensor) -> None:
-        x = x.detach().float().flatten()
-        if x.numel() == 0:
+    def update_rows(self, rows: torch.Tensor) -> None:
+        """Add the values of ``rows`` (R, K) to the statistics."""
+        rows = rows.detach()
+        if rows.dim() != 2 or rows.shape[0] != self.rows:
+            raise DataError(f"quantizer {self.name or '<unnamed>'}: expected {self.rows} rows of statistics "
+                            f"(channels/groups), got shape {tuple(rows.shape)}")
+        if rows.numel() == 0:
             return
-        check_finite(x, self.name)
-        x_min, x_max = x.min(), x.max()
-        self.min = x_min if self.min is None else torch.minimum(self.min, x_min)
-        self.max = x_max if self.max is None else torch.maximum(self.max, x_max)
+        check_finite(rows, self.name)
+        rows = rows.double()  # float64 holds every float32/16 value exactly: exact min/max and bin edges
+        r_min, r_max = rows.amin(1), rows.amax(1)
         if self.hist is None:
-            self.lo, self.hi = float(x_min), float(max(x_max, x_min + 1e-8))
-            self.hist = torch.zeros(self.bins, dtype=torch.float64)
-        elif x_min < self.lo or x_max > self.hi:
-            self._widen(float(x_min), float(x_max))
-        self.hist += torch.histc(x, self.bins, self.lo, self.hi).double()
-        self.count += x.numel()
+            self._start(r_min, r_max)
+        else:
+            self.min, self.max = torch.minimum(self.min, r_min), torch.maximum(self.max, r_max)
+            self._grow(r_min, r_max)
+        idx = ((rows - self.lo[:, None]) / self.width[:, None]).floor_().clamp_(0, self.bins - 1).long()
+        idx += torch.arange(self.rows, device=rows.device)[:, None] * self.bins  # flat (R*bins) index
+        self.hist += torch.bincount(idx.flatten(), minlength=self.rows * self.bins).view(self.rows, -1)
+        self.count += rows.shape[1]
 
-    def _widen(self, x_min: float, x_max: float) -> None:
-        width = self.hi - self.lo
-        lo, hi = min(self.lo, x_min), max(self.hi, x_max)
-        pad = max(0.0, 2 * width - (hi - lo)) / 2  # at least double the range, to re-bin rarely
-        lo, hi = lo - pad, hi + pad
-        idx = ((self.centres() - lo) / (hi - lo) * self.bins).long().clamp(0, self.bins - 1)
-        hist = torch.zeros(self.bins, dtype=torch.float64)
-        hist.index_add_(0, idx, self.hist)
-        self.lo, self.hi, self.hist = lo, hi, hist
+    def _start(self, r_min: torch.Tensor, r_max: torch.Tensor) -> None:
+        self.min, self.max = r_min, r_max
+        # a constant first batch still gets a valid (tiny) grid; the first real spread re-bins once
+        span = torch.maximum(torch.maximum(r_max - r_min, r_min.abs() * 1e-6), torch.full_like(r_min, 1e-12))
+        self.lo, self.width = r_min.clone(), span / self.bins
+        self.hist = torch.zeros(self.rows, self.bins, dtype=torch.float64, device=r_min.device)
 
-    def centres(self) -> torch.Tensor:
-        edges = torch.linspace(self.lo, self.hi, self.bins + 1, dtype=torch.float64)
-        return (edges[:-1] + edges[1:]) / 2
+    def _grow(self, r_min: torch.Tensor, r_max: torch.Tensor) -> None:
+        top = self.lo + self.bins * self.width
+        need_lo, need_hi = torch.minimum(r_min, self.lo), torch.maximum(r_max, top)
+        down, grow = need_lo < self.lo, (need_lo < self.lo) | (need_hi > top)
+        if not bool(grow.any()):
+            return
+        shift = torch.ceil((self.lo - need_lo) / self.width)  # whole old bins added below
+        new_lo = self.lo - shift * self.width
+        # merge 2^k old bins per new bin; k ≥ 1 for growing rows, so the range at least doubles
+        k = torch.ceil(torch.log2((need_hi - new_lo) / (self.bins * self.width))).clamp_min(1)
+        k = torch.where(grow, k, torch.zeros_like(k))
+        short = new_lo + self.bins * self.width * 2**k < need_hi
+        while bool(short.any()):  # guard against log2 rounding
+            k, short = k + short.double(), short & (new_lo + self.bins * self.width * 2 ** (k + 1) < need_hi)
+        # a row that grew downwards leaves half of its free room below too
+        room = torch.floor((new_lo + self.bins * self.width * 2**k - need_hi) / self.width)
+        extra = torch.where(down, torch.floor(room / 2), torch.zeros_like(room))
+        shift, new_lo = shift + extra, new_lo - extra * self.width
+        old = torch.arange(self.bins, device=self.hist.device, dtype=torch.int64)
+        target = (old[None] + shift.long()[:, None]) >> k.long()[:, None]  # (R, bins): old bin -> new bin
+        target += torch.arange(self.rows, device=self.hist.device)[:, None] * self.bins
+        merged = torch.zeros(self.rows * self.bins, dtype=torch.float64, device=self.hist.device)
+        merged.index_add_(0, target.flatten(), self.hist.flatten())
+        self.hist, self.lo, self.width = merged.view(self.rows, self.bins), new_lo, self.width * 2**k
 
-    def range(self, observer: str, bits: int, symmetric: bool, percentile: float = 99.99):
-        """(lo, hi) as 0-dim tensors. min-max is exact; the others come from the histogram."""
+    def _require_data(self) -> None:
         if self.hist is None:
             raise DataError(f"quantizer {self.name or '<unnamed>'}: no data observed; run calibration first")
+
+    def grid(self) -> torch.Tensor:
+        """The bin edges of every row (R, bins + 1), unclipped."""
+        self._require_data()
+        steps = torch.arange(self.bins + 1, dtype=torch.float64, device=self.hist.device)
+        return self.lo[:, None] + self.width[:, None] * steps
+
+    def bin_edges(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lower, upper) edges of every bin (R, bins), clipped to each row's exact min/max."""
+        edges = self.grid()
+        lo, hi = self.min[:, None], self.max[:, None]
+        edges = torch.minimum(torch.maximum(edges, lo), hi)
+        return edges[:, :-1], edges[:, 1:]
+
+    def quantile(self, q: float) -> torch.Tensor:
+        """Per-row quantile (R,), interpolated linearly inside the bin where the CDF crosses ``q``."""
+        lower, upper = self.bin_edges()
+        cdf = self.hist.cumsum(1)
+        target = (q * cdf[:, -1:]).clamp_min(1e-12)  # q = 0 lands in the first occupied bin
+        i = (cdf < target).sum(1, keepdim=True).clamp(max=self.bins - 1)
+        before = cdf.gather(1, i) - self.hist.gather(1, i)
+        frac = ((target - before) / self.hist.gather(1, i).clamp_min(1e-12)).clamp(0, 1)
+        return (lower.gather(1, i) + frac * (upper.gather(1, i) - lower.gather(1, i)))[:, 0]
+
+    def sq_error(self, scale: torch.Tensor, zero: torch.Tensor, qmin: torch.Tensor, qmax: torch.Tensor) -> torch.Tensor:
+        """Squared quantization error of all observed values, per row, for per-row qparams (R,)."""
+        lower, upper = self.bin_edges()
+        col = [t.double().reshape(-1, 1).expand(self.rows, 1) for t in (scale, zero, qmin, qmax)]
+        return hist_sq_error(lower, upper, self.hist, *col)
+
+    def search(self, observer: str, bits: int | torch.Tensor, symmetric: bool,
+               percentile: float = 99.99) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row range (R,) float64 for ``observer`` (see :func:`search_range`); min-max is exact."""
+        self._require_data()
+        lo, hi = self.min.clone(), self.max.clone()
         if observer == "minmax":
-            return self.min.clone(), self.max.clone()
-        centres = self.centres()
-        # the exact extremes replace the outermost occupied centres, so OMSE's i = 0 equals min-max
-        centres[0], centres[-1] = float(self.min), float(self.max)
-        lo, hi = search_range(centres[None], torch.tensor([bits], dtype=torch.float64), symmetric, observer,
-                              percentile, weights=self.hist[None])
+            return lo, hi
+        if observer == "percentile":
+            return self.quantile(1 - percentile / 100), self.quantile(percentile / 100)
+        bits = torch.as_tensor(bits, device=lo.device).expand_as(lo)
+        best_lo, best_hi, best_err = lo.clone(), hi.clone(), torch.full_like(lo, math.inf)
+        for r in _ratios(observer):
+            err = self.sq_error(*qparams_from_range(lo * r, hi * r, bits, symmetric))
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_lo, best_hi = torch.where(better, lo * r, best_lo), torch.where(better, hi * r, best_hi)
+        return best_lo, best_hi
+
+
+class HistogramObserver(RowHistogram):
+    """Streaming per-tensor statistics (2048 bins by default)."""
+
+    def __init__(self, name: str = "", bins: int = 2048):
+        super().__init__(1, name, bins)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add all values of ``x``."""
+        self.update_rows(x.detach().reshape(1, -1))
+
+    def range(self, observer: str, bits: int, symmetric: bool,
+              percentile: float = 99.99) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lo, hi)`` as 0-dim float32 tensors; min-max is exact, the others use the histogram."""
+        lo, hi = self.search(observer, bits, symmetric, percentile)
         return lo[0].float(), hi[0].float()
 
 
-class ChannelHistogramObserver:
-    """Streaming per-channel statistics (channels on the last axis) for the PTF quantizer:
-    per-channel exact min/max and per-channel histograms over one shared, growing range."""
+class ChannelHistogramObserver(RowHistogram):
+    """Streaming per-channel statistics, channels on the last axis (PTF; 512 bins per channel)."""
 
     def __init__(self, num_channels: int, name: str = "", bins: int = 512):
-        self.name, self.bins, self.c = name, bins, num_channels
-        self.min = self.max = None
-        self.lo = self.hi = None
-        self.hist: torch.Tensor | None = None
+        super().__init__(num_channels, name, bins)
 
     def update(self, x: torch.Tensor) -> None:
-        x = x.detach().float().reshape(-1, self.c)  # (tokens, C)
-        check_finite(x, self.name)
-        c_min, c_max = x.amin(0), x.amax(0)
-        self.min = c_min if self.min is None else torch.minimum(self.min, c_min)
-        self.max = c_max if self.max is None else torch.maximum(self.max, c_max)
-        lo, hi = float(c_min.min()), float(c_max.max())
-        if self.hist is None:
-            self.lo, self.hi = lo, max(hi, lo + 1e-8)
-            self.hist = torch.zeros(self.c, self.bins, dtype=torch.float64)
-        elif lo < self.lo or hi > self.hi:
-            self._widen(lo, hi)
-        idx = ((x - self.lo) / (self.hi - self.lo) * self.bins).long().clamp(0, self.bins - 1)
-        flat = idx + torch.arange(self.c) * self.bins  # (tokens, C): bin index in the flat (C*bins) table
-        self.hist.view(-1).index_add_(0, flat.flatten(), torch.ones(flat.numel(), dtype=torch.float64))
+        """Add ``x`` (…, C)."""
+        if x.dim() == 0 or x.shape[-1] != self.rows:
+            raise DataError(f"quantizer {self.name or '<unnamed>'}: expected {self.rows} channels on the last "
+                            f"axis, got shape {tuple(x.shape)}")
+        self.update_rows(x.detach().reshape(-1, self.rows).T)  # (C, tokens)
 
-    def _widen(self, lo: float, hi: float) -> None:
-        width = self.hi - self.lo
-        new_lo, new_hi = min(lo, self.lo), max(hi, self.hi)
-        pad = max(0.0, 2 * width - (new_hi - new_lo)) / 2
-        new_lo, new_hi = new_lo - pad, new_hi + pad
-        idx = ((self.centres() - new_lo) / (new_hi - new_lo) * self.bins).long().clamp(0, self.bins - 1)
-        hist = torch.zeros_like(self.hist)
-        hist.index_add_(1, idx, self.hist)
-        self.lo, self.hi, self.hist = new_lo, new_hi, hist
+    def ptf_params(self, bits: int, max_alpha: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """FQ-ViT power-of-two factors (METHODS §0.1).
 
-    def centres(self) -> torch.Tensor:
-        edges = torch.linspace(self.lo, self.hi, self.bins + 1, dtype=torch.float64)
-        return (edges[:-1] + edges[1:]) / 2
+        The layer range (all channels; widened to include 0) gives ``s_layer`` and the zero point
+        ``z``; channel ``c`` then takes the ``α_c ∈ {0..max_alpha}`` whose scale ``s_layer/2^max_alpha·2^α``
+        gives the least squared error on its histogram (ties: the smaller α). As in FQ-ViT's code,
+        all channels share ``z``.
 
-    def ptf_params(self, bits: int, max_alpha: int = 3):
-        """FQ-ViT PTF: layer scale from the layer range; per channel α minimising its L2 error.
-
-        Returns (scale s = s_layer / 2^max_alpha, shared zero point, alpha per channel).
+        Returns:
+            ``(s, z, alpha)``: ``s = s_layer / 2^max_alpha`` and ``z`` (0-dim float32), ``alpha`` (C,) int64.
         """
-        if self.hist is None:
-            raise DataError(f"quantizer {self.name or '<unnamed>'}: no data observed; run calibration first")
+        self._require_data()
         qmin, qmax = qrange(bits, symmetric=False)
-        lo, hi = min(float(self.min.min()), 0.0), max(float(self.max.max()), 0.0)
-        s_layer = max((hi - lo) / (qmax - qmin), 1e-8)
-        zero = float(min(max(qmin - round(lo / s_layer), qmin), qmax))
+        lo, hi = self.min.min().clamp(max=0.0), self.max.max().clamp(min=0.0)
+        s_layer = ((hi - lo) / (qmax - qmin)).clamp_min(_EPS_SCALE)
+        zero = (qmin - torch.round(lo / s_layer)).clamp(qmin, qmax)
         base = s_layer / 2**max_alpha
-        centres = self.centres()
-        errors = []
-        for a in range(max_alpha + 1):
-            s = base * 2**a
-            x_hat = (torch.clamp(torch.round(centres / s) + zero, qmin, qmax) - zero) * s
-            errors.append((self.hist * (x_hat - centres) ** 2).sum(1))  # (C,)
-        alpha = torch.stack(errors).argmin(0)  # ties go to the smallest α (finest scale)
-        return torch.tensor(base), torch.tensor(zero), alpha
+        ones = torch.ones(self.rows, dtype=torch.float64, device=self.hist.device)
+        errors = torch.stack([self.sq_error(ones * base * 2**a, ones * zero, ones * qmin, ones * qmax)
+                              for a in range(max_alpha + 1)])  # (α, C)
+        return base.float(), zero.float(), errors.argmin(0)  # argmin keeps the first (smallest) α on ties

@@ -1,12 +1,18 @@
 """Quantizer modules: fake quantization with straight-through gradients (METHODS §0.1).
 
 A quantizer holds its parameters as buffers (``scale``, ``zero_point``; ``scale`` is a Parameter
-for LSQ) with shapes fixed at construction, so a saved state dict restores into a fresh quantizer.
-Statistics live in a separate observer object that is never saved.
+for LSQ) with shapes fixed at construction, so a state dict saved from a calibrated quantizer loads
+into a freshly constructed one and gives identical outputs. Calibration statistics live in separate
+observer objects (:mod:`vitcompress.quant.observers`) that are never saved.
+
+Life cycle: ``observe`` (directly, or through ``forward`` while ``calibrating``) → ``compute_qparams``
+→ ``forward``. Statistics are kept after ``compute_qparams`` (so new group bits can be applied
+without re-observing) until ``reset_stats``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -15,20 +21,40 @@ from torch import nn
 
 from vitcompress.config import QuantSpec
 from vitcompress.errors import ConfigError, DataError
-from vitcompress.quant.functional import fake_quant, grad_scale, log2_fake_quant, ptf_fake_quant, qrange
+from vitcompress.quant.functional import (
+    fake_quant,
+    grad_scale,
+    log2_fake_quant,
+    ptf_fake_quant,
+    qrange,
+    qrange_tensor,
+)
 from vitcompress.quant.observers import (
     ChannelHistogramObserver,
     HistogramObserver,
+    RowHistogram,
     check_finite,
     qparams_from_range,
     search_range,
+    to_rows,
 )
 
+log = logging.getLogger(__name__)
+
 GROUP_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+ROW_BINS = 512  # per-channel/group streaming histograms (activations observed over several batches)
 
 
 class Quantizer(nn.Module):
-    """Base class. ``enabled=False`` (or 32 bits) makes ``forward`` return its input object itself."""
+    """Base class of all quantizers.
+
+    Attributes:
+        spec: the :class:`QuantSpec`.
+        name: the quantization-point name, used in error messages.
+        enabled: runtime switch; when False (or ``spec.bits == 32``) ``forward`` returns its input
+            object itself, so a model with its quantizers disabled is bit-identical to the float one.
+        calibrating: when True, ``forward`` observes its input and returns it unchanged.
+    """
 
     def __init__(self, spec: QuantSpec, name: str = ""):
         super().__init__()
@@ -39,37 +65,52 @@ class Quantizer(nn.Module):
 
     @property
     def is_calibrated(self) -> bool:
+        """Whether the quantization parameters are set (always True for dynamic/log2 quantizers)."""
         return bool(self.calibrated)
 
-    def observe(self, x: torch.Tensor) -> None:  # pragma: no cover - overridden
+    @property
+    def active(self) -> bool:
+        """Whether ``forward`` quantizes: enabled and fewer than 32 bits."""
+        return self.enabled and self.spec.enabled
+
+    def observe(self, x: torch.Tensor) -> None:
+        """Update the streaming statistics with ``x`` (no gradient)."""
         raise NotImplementedError
 
-    def compute_qparams(self) -> None:  # pragma: no cover - overridden
+    def compute_qparams(self) -> None:
+        """Fix scale / zero point from the statistics; DataError naming the quantizer if there are none."""
         raise NotImplementedError
 
     def reset_stats(self) -> None:
-        pass
+        """Drop the observer statistics (the quantization parameters stay)."""
 
-    def quantize(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """The fake-quantized ``x`` (called by ``forward`` when active and calibrated)."""
         raise NotImplementedError
 
     def bits_per_channel(self, n: int) -> torch.Tensor:
-        bits = self.spec.bits if self.enabled and self.spec.enabled else 32
-        return torch.full((n,), float(bits))
+        """Float tensor (n,): the bit width of each of ``n`` output channels (32 when inactive)."""
+        return torch.full((n,), float(self.spec.bits if self.active else 32))
 
     def qparam_count(self) -> int:
+        """Number of stored scale and zero-point values (0 when inactive)."""
         return 0
 
+    def _error(self, message: str) -> DataError:
+        return DataError(f"quantizer {self.name or '<unnamed>'}: {message}")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.enabled or not self.spec.enabled:
+        """Fake-quantize ``x`` (STE gradients); ``x`` itself when inactive or calibrating."""
+        if not self.active:
             return x
         if self.calibrating:
             with torch.no_grad():
-                self.observe(x)
+                self.observe(x.detach())
             return x
         if not self.is_calibrated:
-            raise DataError(f"quantizer {self.name or '<unnamed>'} has no scale yet: calibrate it first")
-        return self.quantize(x)
+            raise self._error("has no scale yet; calibrate it first (observe, then compute_qparams)")
+        y = self.quantize(x)
+        return y if y.dtype == x.dtype else y.to(x.dtype)  # buffers are float32; keep the input's dtype
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -77,14 +118,24 @@ class Quantizer(nn.Module):
 
 
 class UniformQuantizer(Quantizer):
-    """Uniform affine (asymmetric) or symmetric quantizer, per tensor / channel / group / token."""
+    """Uniform quantizer: symmetric (signed, z = 0) or asymmetric (unsigned, zero point).
+
+    Granularity ``tensor`` (scalar scale), ``channel`` (one scale per index of ``channel_axis``),
+    ``group`` (``group_size`` consecutive channels share one scale and one bit width, buffer
+    ``group_bits``) or ``token`` (dynamic min/max over the last axis at run time; nothing stored).
+
+    Statistics: per tensor, a streaming :class:`HistogramObserver`. Per channel/group, the first
+    observed tensor is kept as is (weights: the range search runs on the exact values); a second
+    observation switches to streaming per-row histograms (activations over several batches).
+    """
 
     def __init__(self, spec: QuantSpec, name: str = "", channel_axis: int = 0, num_channels: int | None = None):
         super().__init__(spec, name)
+        if spec.scheme not in ("symmetric", "asymmetric"):
+            raise ConfigError(f"scheme must be 'symmetric' or 'asymmetric' for UniformQuantizer, got {spec.scheme!r}")
         self.channel_axis, self.num_channels = channel_axis, num_channels
         self.symmetric = spec.scheme == "symmetric"
-        n = self._num_params(spec, num_channels)
-        shape = () if n is None else (n,)
+        shape = self._param_shape(spec, num_channels)
         scale = torch.ones(shape)
         if spec.learnable:
             self.scale = nn.Parameter(scale)
@@ -95,107 +146,124 @@ class UniformQuantizer(Quantizer):
             self.register_buffer("group_bits", torch.full(shape, spec.bits, dtype=torch.int64))
         if spec.granularity == "token":
             self.calibrated.fill_(True)  # dynamic: nothing to calibrate
-        self._hist: HistogramObserver | None = None
-        self._lo = self._hi = None
-        self._tensor: torch.Tensor | None = None
+        self._hist: RowHistogram | None = None
+        self._exact: torch.Tensor | None = None  # (R, K) the single observed tensor, until a second one
 
-    def _num_params(self, spec: QuantSpec, n: int | None) -> int | None:
+    def _param_shape(self, spec: QuantSpec, n: int | None) -> tuple[int, ...]:
         if spec.granularity in ("tensor", "token"):
-            return None
+            return ()
         if n is None:
-            raise ConfigError(f"granularity {spec.granularity!r} needs num_channels for quantizer {self.name}")
+            raise ConfigError(f"granularity {spec.granularity!r} needs num_channels (quantizer {self.name})")
         if spec.granularity == "group":
             if n % spec.group_size:
-                raise ConfigError(f"group_size {spec.group_size} must divide the {n} channels of {self.name}")
-            return n // spec.group_size
-        return n
+                raise ConfigError(f"group_size {spec.group_size} must divide the {n} channels of quantizer "
+                                  f"{self.name}")
+            return (n // spec.group_size,)
+        return (n,)
 
     # ---- bits ------------------------------------------------------------------------------------
     def set_group_bits(self, bits: Sequence[int] | torch.Tensor) -> None:
-        """Per-group bit widths (F-LBQ); values in {2..8, 16}, one per group. Re-calibrate afterwards."""
-        if self.spec.granularity != "group":
-            raise ConfigError(f"set_group_bits needs granularity 'group', {self.name} has {self.spec.granularity!r}")
-        bits = torch.as_tensor(bits, dtype=torch.int64).flatten()
-        if bits.numel() != self.group_bits.numel():
-            raise ConfigError(f"group_bits of {self.name} must have {self.group_bits.numel()} values, "
-                              f"got {bits.numel()}")
-        bad = [int(b) for b in bits if int(b) not in GROUP_BITS]
-        if bad:
-            raise ConfigError(f"group_bits must be in {list(GROUP_BITS)}, got {bad[0]} for {self.name}")
-        self.group_bits.copy_(bits)
+        """Set the bit width of every channel group (F-LBQ); values in {2..8, 16}, one per group.
 
-    def _bits(self) -> torch.Tensor:
-        """Bits per scale entry (groups) or a scalar tensor."""
-        if self.spec.granularity == "group":
-            return self.group_bits
-        return torch.tensor(self.spec.bits) if self.scale.dim() == 0 else torch.full(self.scale.shape, self.spec.bits)
+        If statistics are held, the scales are recomputed for the new bits at once; if the quantizer
+        was calibrated but its statistics were dropped, it becomes uncalibrated (observe again).
+        """
+        if self.spec.granularity != "group":
+            raise ConfigError(f"set_group_bits needs granularity 'group'; quantizer {self.name} has "
+                              f"{self.spec.granularity!r}")
+        bits = torch.as_tensor(bits).flatten()
+        if bits.numel() != self.group_bits.numel():
+            raise ConfigError(f"group_bits of quantizer {self.name} must have {self.group_bits.numel()} values "
+                              f"(one per group), got {bits.numel()}")
+        bad = [b for b in bits.tolist() if b not in GROUP_BITS]
+        if bad:
+            raise ConfigError(f"group_bits must be in {list(GROUP_BITS)}, got {bad[0]!r} (quantizer {self.name})")
+        self.group_bits.copy_(bits.to(torch.int64))
+        if self._hist is not None or self._exact is not None:
+            self.compute_qparams()
+        elif self.is_calibrated:
+            log.warning("quantizer %s: new group bits without statistics; observe again before use", self.name)
+            self.calibrated.fill_(False)
+
+    def _row_bits(self) -> int | torch.Tensor:
+        return self.group_bits if self.spec.granularity == "group" else self.spec.bits
 
     def bits_per_channel(self, n: int) -> torch.Tensor:
-        if not (self.enabled and self.spec.enabled):
+        if not self.active:
             return torch.full((n,), 32.0)
         if self.spec.granularity == "group":
-            return self.group_bits.float().repeat_interleave(n // self.group_bits.numel())
+            groups = self.group_bits.numel()
+            if n % groups:
+                raise ConfigError(f"quantizer {self.name}: {n} channels do not split into {groups} groups")
+            return self.group_bits.float().cpu().repeat_interleave(n // groups)
         return torch.full((n,), float(self.spec.bits))
 
     def qparam_count(self) -> int:
-        if not (self.enabled and self.spec.enabled) or self.spec.granularity == "token":
+        if not self.active or self.spec.granularity == "token":
             return 0
         return self.scale.numel() * (1 if self.symmetric else 2)
 
     # ---- calibration -----------------------------------------------------------------------------
     def reset_stats(self) -> None:
-        self._hist, self._lo, self._hi, self._tensor = None, None, None, None
+        self._hist, self._exact = None, None
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        """(n_params, K) view: one row per scale entry (channel or group of channels)."""
-        x = x.detach().float().movedim(self.channel_axis, 0).reshape(self.num_channels, -1)
-        if self.spec.granularity == "group":
-            x = x.reshape(self.scale.numel(), -1)
-        return x
+        """(R, K): one row per scale entry (channel or group of channels)."""
+        axis = self.channel_axis
+        if not -x.dim() <= axis < x.dim() or x.shape[axis] != self.num_channels:
+            raise self._error(f"expected {self.num_channels} channels on axis {self.channel_axis}, "
+                              f"got shape {tuple(x.shape)}")
+        return to_rows(x.detach(), self.spec.granularity, self.channel_axis, self.spec.group_size)
 
     def observe(self, x: torch.Tensor) -> None:
         g = self.spec.granularity
-        if g == "token":
+        if not self.spec.enabled:  # 32 bits: nothing will be quantized, keep no statistics
             return
-        check_finite(x, self.name)
+        if g == "token":
+            check_finite(x, self.name)  # dynamic ranges need no statistics, but bad data is still an error
+            return
         if g == "tensor":
             if self._hist is None:
                 self._hist = HistogramObserver(self.name)
             self._hist.update(x)
             return
         rows = self._rows(x)
-        lo, hi = rows.amin(1), rows.amax(1)
-        if self._lo is not None and self.spec.observer != "minmax":
-            raise DataError(f"quantizer {self.name}: per-{g} {self.spec.observer!r} range search needs the whole "
-                            "tensor in one observe call (weights); use observer 'minmax' for streamed data")
-        self._lo = lo if self._lo is None else torch.minimum(self._lo, lo)
-        self._hi = hi if self._hi is None else torch.maximum(self._hi, hi)
-        self._tensor = rows
+        check_finite(rows, self.name)
+        if rows.numel() == 0:
+            return
+        if self._hist is None and self._exact is None:
+            self._exact = rows  # a weight: keep the exact values (a view, no copy, for float32 weights)
+            return
+        if self._hist is None:  # a second batch: stream from now on (memory independent of the data)
+            self._hist = RowHistogram(rows.shape[0], self.name, ROW_BINS)
+            self._hist.update_rows(self._exact)
+            self._exact = None
+        self._hist.update_rows(rows)
 
     def compute_qparams(self) -> None:
-        g, spec = self.spec.granularity, self.spec
-        if g == "token":
+        spec = self.spec
+        if spec.granularity == "token" or not spec.enabled:
             return
-        if g == "tensor":
-            if self._hist is None:
-                raise DataError(f"quantizer {self.name}: no data observed; run calibration first")
-            lo, hi = self._hist.range(spec.observer, spec.bits, self.symmetric, spec.percentile)
+        bits = self._row_bits()
+        if self._exact is not None:
+            lo, hi = search_range(self._exact.float(), bits, self.symmetric, spec.observer, spec.percentile)
+        elif self._hist is not None:
+            lo, hi = self._hist.search(spec.observer, bits, self.symmetric, spec.percentile)
         else:
-            if self._lo is None:
-                raise DataError(f"quantizer {self.name}: no data observed; run calibration first")
-            lo, hi = (self._lo, self._hi) if spec.observer == "minmax" else \
-                search_range(self._tensor, self._bits().float(), self.symmetric, spec.observer, spec.percentile)
-        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-            raise DataError(f"quantizer {self.name}: statistics contain NaN or Inf")
-        scale, zero, _, _ = qparams_from_range(lo.float(), hi.float(), self._bits().float(), self.symmetric)
+            raise self._error("no data observed; run calibration first")
+        lo, hi = lo.float().reshape(self.scale.shape), hi.float().reshape(self.scale.shape)
+        if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            raise self._error("statistics contain NaN or Inf")
+        bits_t = bits.to(lo.device) if isinstance(bits, torch.Tensor) else bits
+        scale, zero, _, _ = qparams_from_range(lo, hi, bits_t, self.symmetric)
         with torch.no_grad():
-            self.scale.copy_(scale.reshape(self.scale.shape))
-            self.zero_point.copy_(zero.reshape(self.zero_point.shape))
+            self.scale.copy_(scale)
+            self.zero_point.copy_(zero)
         self.calibrated.fill_(True)
-        self._tensor = None
 
     # ---- forward ---------------------------------------------------------------------------------
     def _broadcast(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-channel/group values shaped to broadcast along ``channel_axis`` of ``x``."""
         if t.dim() == 0:
             return t
         if self.spec.granularity == "group":
@@ -204,39 +272,46 @@ class UniformQuantizer(Quantizer):
         shape[self.channel_axis] = -1
         return t.reshape(shape)
 
-    def _grid(self, x: torch.Tensor):
+    def qbounds(self, x: torch.Tensor) -> tuple[int | torch.Tensor, int | torch.Tensor]:
+        """``(qmin, qmax)`` for ``x``: ints, or per-channel tensors for group granularity."""
         if self.spec.granularity == "group":
-            b = self._broadcast(self.group_bits, x).to(x.dtype)
-            if self.symmetric:
-                return -(2 ** (b - 1)), 2 ** (b - 1) - 1
-            return torch.zeros_like(b), 2**b - 1
+            qmin, qmax = qrange_tensor(self.group_bits, self.symmetric, self.scale.dtype)
+            return self._broadcast(qmin, x), self._broadcast(qmax, x)
         return qrange(self.spec.bits, self.symmetric)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         if self.spec.granularity == "token":
             return self._dynamic(x)
         scale = self.scale
-        if self.spec.learnable:  # LSQ gradient scale 1/sqrt(N·Qp), N = elements per scale
-            qmax = qrange(self.spec.bits, self.symmetric)[1]
-            scale = grad_scale(scale, 1.0 / math.sqrt(max(1, x.numel() // max(1, scale.numel())) * qmax))
-        qmin, qmax = self._grid(x)
+        if self.spec.learnable:
+            scale = grad_scale(scale, self._lsq_factor(x))
+        qmin, qmax = self.qbounds(x)
         return fake_quant(x, self._broadcast(scale, x), self._broadcast(self.zero_point, x), qmin, qmax)
 
+    def _lsq_factor(self, x: torch.Tensor) -> float | torch.Tensor:
+        """LSQ gradient scale ``1/sqrt(N·Qp)`` (Esser et al. 2020), N = elements per scale value."""
+        n = max(1, x.numel() // max(1, self.scale.numel()))
+        if self.spec.granularity == "group":
+            qmax = qrange_tensor(self.group_bits, self.symmetric, self.scale.dtype)[1]
+            return 1.0 / torch.sqrt(n * qmax)
+        return 1.0 / math.sqrt(n * qrange(self.spec.bits, self.symmetric)[1])
+
     def _dynamic(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-token min-max over the last axis, computed from ``x`` itself (no gradient to the range)."""
         lo, hi = x.detach().amin(-1, keepdim=True), x.detach().amax(-1, keepdim=True)
         scale, zero, qmin, qmax = qparams_from_range(lo, hi, self.spec.bits, self.symmetric)
         return fake_quant(x, scale, zero, qmin, qmax)
 
 
 class Log2Quantizer(Quantizer):
-    """Log2 quantizer of attention probabilities; needs no calibration."""
+    """Log2 quantizer of attention probabilities (METHODS §0.1); needs no calibration."""
 
     def __init__(self, spec: QuantSpec, name: str = ""):
         super().__init__(spec, name)
         self.calibrated.fill_(True)
 
     def observe(self, x: torch.Tensor) -> None:
-        check_finite(x, self.name)
+        check_finite(x, self.name)  # nothing to estimate, but bad data is still an error
 
     def compute_qparams(self) -> None:
         pass
@@ -246,14 +321,20 @@ class Log2Quantizer(Quantizer):
 
 
 class PTFQuantizer(Quantizer):
-    """Power-of-two-factor quantizer of LayerNorm inputs (FQ-ViT), channels on the last axis."""
+    """Power-of-two-factor quantizer of LayerNorm inputs (FQ-ViT; METHODS §0.1).
+
+    Channels are on the last axis (tokens × C). One layer-wise scale and zero point come from the
+    layer range; channel ``c`` uses scale ``s·2^α_c``, ``s = s_layer/8``, ``α_c ∈ {0,1,2,3}`` chosen
+    by least L2 error on the channel's streaming histogram. Buffers: ``scale`` (the base ``s``),
+    ``zero_point`` (shared by all channels, as in FQ-ViT's code) and ``alpha`` (C,).
+    """
 
     MAX_ALPHA = 3
 
     def __init__(self, spec: QuantSpec, name: str = "", num_channels: int | None = None):
         super().__init__(spec, name)
         if num_channels is None:
-            raise ConfigError(f"scheme 'ptf' needs num_channels for quantizer {name}")
+            raise ConfigError(f"scheme 'ptf' needs num_channels (quantizer {name})")
         self.num_channels = num_channels
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0.0))
@@ -264,30 +345,46 @@ class PTFQuantizer(Quantizer):
         self._obs = None
 
     def observe(self, x: torch.Tensor) -> None:
+        if not self.spec.enabled:
+            return
         if self._obs is None:
-            self._obs = ChannelHistogramObserver(self.num_channels, self.name)
+            self._obs = ChannelHistogramObserver(self.num_channels, self.name, ROW_BINS)
         self._obs.update(x)
 
     def compute_qparams(self) -> None:
+        if not self.spec.enabled:
+            return
         if self._obs is None:
-            raise DataError(f"quantizer {self.name}: no data observed; run calibration first")
+            raise self._error("no data observed; run calibration first")
         scale, zero, alpha = self._obs.ptf_params(self.spec.bits, self.MAX_ALPHA)
+        if not bool(torch.isfinite(scale) and torch.isfinite(zero)):
+            raise self._error("statistics contain NaN or Inf")
         self.scale.copy_(scale)
         self.zero_point.copy_(zero)
         self.alpha.copy_(alpha)
         self.calibrated.fill_(True)
 
     def qparam_count(self) -> int:
-        return 2 if self.enabled and self.spec.enabled else 0
+        return 2 if self.active else 0  # s and z; the 2-bit factors α_c are not counted as qparams
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 0 or x.shape[-1] != self.num_channels:
+            raise self._error(f"expected {self.num_channels} channels on the last axis, got shape {tuple(x.shape)}")
         qmin, qmax = qrange(self.spec.bits, symmetric=False)
         return ptf_fake_quant(x, self.scale, self.zero_point, self.alpha, qmin, qmax)
 
 
 def make_quantizer(spec: QuantSpec, name: str = "", channel_axis: int = 0,
                    num_channels: int | None = None) -> Quantizer:
-    """The quantizer for ``spec`` (uniform, log2 or PTF)."""
+    """The quantizer for ``spec``: uniform, log2 or PTF.
+
+    Args:
+        spec: how to quantize.
+        name: quantization-point name (error messages).
+        channel_axis: axis of the channels for ``channel``/``group`` granularity (0: a weight's output
+            channels). PTF always uses the last axis.
+        num_channels: size of that axis; required for ``channel``, ``group`` and ``ptf``.
+    """
     if spec.scheme == "log2":
         return Log2Quantizer(spec, name)
     if spec.scheme == "ptf":
