@@ -6,7 +6,8 @@ import pytest
 
 from vitcompress.cli import build_parser, main
 
-COMMANDS = [["demo"], ["eval"], ["zoo"], ["zoo", "list"], ["zoo", "train"], ["cost"], ["compress"], ["allocate"]]
+COMMANDS = [["demo"], ["eval"], ["zoo"], ["zoo", "list"], ["zoo", "train"], ["cost"], ["compress"], ["allocate"],
+            ["mixaq"], ["mixaq", "sample"], ["mixaq", "eqbits"]]
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a))

@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     from vitcompress.search.bitalloc.cli import add_arguments as add_allocate_arguments
 
     add_allocate_arguments(p)
+
+    from vitcompress.search.mixaq.cli import add_eqbits_arguments, add_sample_arguments
+
+    p = sub.add_parser("mixaq", help="MixA-Q tools: ratio sampling, equivalent activation bits")
+    msub = p.add_subparsers(dest="mixaq_command", required=True, metavar="ACTION")
+    add_sample_arguments(msub.add_parser("sample", help="uniform-sum (or naive) ratio vectors"))
+    add_eqbits_arguments(msub.add_parser("eqbits", help="equivalent activation bits (seed 000 eq. 3-5)"))
     return parser
 
 
@@ -148,6 +155,13 @@ def _demo(args: argparse.Namespace) -> int:
               f"{m['fp_top1'] - m['q_top1']:>6.2f} {m['rel_bops']:>9.4f} {m['size_bytes'] / 1024:>11.1f} "
               f"{m['ptq_seconds']:>6.1f}")
     return 0
+
+
+@command("mixaq")
+def _mixaq(args: argparse.Namespace) -> int:
+    from vitcompress.search.mixaq.cli import run_eqbits, run_sample
+
+    return run_sample(args) if args.mixaq_command == "sample" else run_eqbits(args)
 
 
 @command("allocate")
