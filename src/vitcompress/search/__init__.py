@@ -1,4 +1,5 @@
 """Searches over compression settings; each returns a plan (data you can save and apply).
 
-Sub-packages: :mod:`vitcompress.search.bitalloc` (F-LBQ bit allocation, METHODS.md §2).
+Sub-packages: :mod:`vitcompress.search.bitalloc` (F-LBQ bit allocation, METHODS.md §2),
+:mod:`vitcompress.search.mixaq` (MixA-Q ratio sampling and equivalent bits, §4).
 """
