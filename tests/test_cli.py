@@ -46,3 +46,10 @@ def test_import_is_quick_and_lazy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[1] == "False"  # no torch, no data at import
     assert float(out[0]) < 1.0  # seconds; generous: it imports nothing heavy
+
+
+def test_every_lazy_export_resolves():
+    import vitcompress
+
+    for name in vitcompress.__all__:
+        assert getattr(vitcompress, name) is not None
