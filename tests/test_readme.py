@@ -27,6 +27,8 @@ def test_readme_recipe_example_parses():
 
 @pytest.mark.skipif(not (DEFAULT_FMNIST_ROOT / "t10k-labels-idx1-ubyte.gz").is_file(), reason="needs Fashion-MNIST")
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
+    import vitcompress.cost  # noqa: F401  (as in a session where the subpackage is already loaded)
+
     monkeypatch.chdir(tmp_path)
     exec(compile(_blocks("python")[0], "README.md", "exec"), {})
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()

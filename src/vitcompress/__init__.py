@@ -1,6 +1,8 @@
 """vitcompress: compress vision transformers (ViT, DeiT, Swin) for deployment.
 
 Imports are lazy so that ``import vitcompress`` stays fast: no torch import, no data loading.
+The cost model is ``from vitcompress.cost import cost`` (a top-level ``cost`` would be shadowed by
+the ``vitcompress.cost`` package once it is imported).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ _EXPORTS = {
     "Recipe": "vitcompress.config",
     "QuantSpec": "vitcompress.config",
     "get_preset": "vitcompress.config",
-    "cost": "vitcompress.cost.counter",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
