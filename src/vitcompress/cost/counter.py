@@ -1,212 +1,181 @@
 """Cost accounting (METHODS §0.5): MACs per op at the real input size, BOPs and model size.
 
-Counted as MACs: every ``nn.Linear`` and ``nn.Conv2d`` (shapes seen in a real forward pass) and the
-two activation × activation matmuls of attention (q·kᵀ and attn·v; for Swin per window). Not
-counted: LayerNorm, softmax, GELU, additions, the relative-position-bias gather. All counts are per
-image (batch 1).
+Counted as MACs, per image (batch 1), from the shapes seen in one forward pass:
 
-Bit widths are read from the quantizers of the quantized modules (32 when absent or disabled):
-``weight_quantizer``/``input_quantizer`` on linears and convs, ``q``/``k``/``probs``/``v`` on attention.
+- every ``nn.Linear`` (tokens × in × out) and ``nn.Conv2d`` (H_out·W_out·C_out·C_in/groups·k_h·k_w),
+  subclasses included;
+- the two activation × activation matmuls of attention, q·kᵀ and attn·v, each
+  ``B_ · heads · N · N · head_dim`` per call of a timm ``Attention`` / Swin ``WindowAttention``
+  (B_ = windows for Swin, N = tokens per window).
+
+Not counted: LayerNorm, softmax, GELU, residual and bias additions, the attention scaling, the
+relative-position-bias gather and the shift mask (none is a multiply-accumulate of two operands of
+the quantized matmul kind). Bits come from the modules' quantizers (:mod:`vitcompress.cost.bits`).
 """
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import asdict, dataclass
-
 import torch
-from timm.layers import Attention
-from timm.models.swin_transformer import WindowAttention
 from torch import nn
 
-from vitcompress.errors import ConfigError, UnsupportedModelError
+from vitcompress.cost.bits import (
+    act_bits,
+    qparam_bits,
+    quantizer_module_ids,
+    weight_channel_bits,
+    weight_storage_bits,
+)
+from vitcompress.cost.probe import OpShape, probe, resolve_input
+from vitcompress.cost.report import FP_BITS, CostReport, LayerCost
 
-FP_BITS = 32
-
-
-@dataclass(frozen=True)
-class LayerCost:
-    """One op: a linear/conv layer, or an attention matmul (``<attn>.qk`` / ``<attn>.av``)."""
-
-    name: str
-    kind: str  # "linear" | "conv" | "matmul"
-    macs: int
-    w_bits: float | None
-    a_bits: float
-    a2_bits: float | None
-    bops: int
-    params: int
-    size_bits: int
-
-
-@dataclass(frozen=True)
-class CostReport:
-    """Per-op costs and totals of a model at one input size."""
-
-    layers: tuple[LayerCost, ...]
-    macs: int
-    bops: int
-    bops_fp32: int
-    rel_bops: float
-    size_bytes: int
-    fp_size_bytes: int
-    input_size: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _bits(qz) -> float:
-    return float(qz.spec.bits) if qz is not None and qz.enabled and qz.spec.enabled else float(FP_BITS)
-
-
-def _channel_bits(module: nn.Module, n: int) -> torch.Tensor:
-    qz = getattr(module, "weight_quantizer", None)
-    if qz is None or not qz.enabled or not qz.spec.enabled:
-        return torch.full((n,), float(FP_BITS))
-    return qz.bits_per_channel(n).double()
-
-
-def _weight_size_bits(module: nn.Module) -> int:
-    """Weight storage (+ scale/zero-point overhead at 32 bit each); ``storage_bits()`` overrides it."""
-    if hasattr(module, "storage_bits"):
-        return int(module.storage_bits())
-    w = module.weight
-    per_channel = w[0].numel()
-    bits = _channel_bits(module, w.shape[0])
-    qz = getattr(module, "weight_quantizer", None)
-    overhead = qz.qparam_count() * FP_BITS if qz is not None else 0
-    return int(round(float((bits * per_channel).sum()))) + overhead
-
-
-@contextlib.contextmanager
-def _float_forward(model: nn.Module):
-    """Run the shape-probing forward with every quantizer passed through (no calibration needed)."""
-    from vitcompress.quant import Quantizer
-
-    quantizers = [m for m in model.modules() if isinstance(m, Quantizer)]
-    saved = [q.enabled for q in quantizers]
-    for q in quantizers:
-        q.enabled = False
-    try:
-        yield
-    finally:
-        for q, was in zip(quantizers, saved):
-            q.enabled = was
-
-
-def _input_shape(model: nn.Module, input_size: int | None, in_chans: int | None) -> tuple[int, int]:
-    pe = getattr(model, "patch_embed", None)
-    if pe is None:
-        if input_size is None or in_chans is None:
-            raise ConfigError("input_size and in_chans are needed for a model without a timm patch_embed")
-        return input_size, in_chans
-    size = pe.img_size[0] if isinstance(pe.img_size, (tuple, list)) else int(pe.img_size)
-    chans = pe.proj.in_channels
-    if input_size is not None and input_size != size:
-        raise ConfigError(f"input_size {input_size} differs from the model's img_size {size}: build the model "
-                          "for that size (timm: img_size=...) and count it")
-    return size, in_chans or chans
+FP_BOPS_PER_MAC = FP_BITS * FP_BITS
 
 
 def cost(model: nn.Module, input_size: int | None = None, in_chans: int | None = None) -> CostReport:
-    """MACs, BOPs and size of ``model`` for one image of its input size.
+    """MACs, BOPs and size of ``model`` for one image.
+
+    Bits are read from the quantizers the modules carry at call time (no calibration is needed:
+    the probing forward runs with every quantizer passed through). The model is left as found.
 
     Args:
-        input_size: square image size; must equal the model's own (timm fixes it at construction).
-        in_chans: input channels (default: the patch embedding's).
+        model: a timm ViT/DeiT/Swin (float or quantized) or any module of linears and convs.
+        input_size: square image size; default ``model.patch_embed.img_size``. A different size
+            needs a model built with ``dynamic_img_size=True`` (otherwise ConfigError); a model
+            without ``patch_embed`` needs it.
+        in_chans: input channels; default the first conv's.
+
+    Returns:
+        The per-op :class:`CostReport`.
+
+    Raises:
+        ConfigError: ``input_size`` / ``in_chans`` missing or not accepted by the model.
+        UnsupportedModelError: an attention type whose matmuls cannot be counted.
     """
-    size, chans = _input_shape(model, input_size, in_chans)
-    seen: dict[str, tuple] = {}
-    hooks = []
-
-    def record(name: str, info: tuple) -> None:  # hooks must return None: a value would replace the output
-        seen.setdefault(name, info)
-
-    names = {m: n for n, m in model.named_modules()}
-    for module, name in names.items():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            hooks.append(module.register_forward_hook(
-                lambda m, i, o, name=name: record(name, ("w", tuple(i[0].shape), tuple(o.shape)))))
-        elif isinstance(module, (Attention, WindowAttention)):
-            hooks.append(module.register_forward_pre_hook(
-                lambda m, i, name=name: record(name, ("attn", tuple(i[0].shape)))))
-        elif "attention" in type(module).__name__.lower() and any(True for _ in module.parameters()):
-            for h in hooks:
-                h.remove()
-            raise UnsupportedModelError(f"cost model does not know attention type {type(module).__name__} ({name})")
-    was_training = model.training
-    try:
-        with torch.no_grad(), _float_forward(model):
-            model.eval()(torch.zeros(1, chans, size, size))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    layers = [row for name, info in seen.items() for row in _rows(model.get_submodule(name), name, info)]
+    size, chans = resolve_input(model, input_size, in_chans)
+    seen = probe(model, size, chans)
+    layers = _ordered_rows(model, seen)
     return _totals(model, layers, size)
 
 
-def _rows(module: nn.Module, name: str, info: tuple) -> list[LayerCost]:
-    if info[0] == "attn":
-        b_, n, _ = info[1]  # (batch·windows, tokens, C) with batch 1
-        heads = module.num_heads
-        head_dim = module.qkv.out_features // 3 // heads
-        macs = b_ * heads * n * n * head_dim
-        q, k, p, v = (_bits(getattr(module, f"{x}_quantizer", None)) for x in ("q", "k", "probs", "v"))
-        return [LayerCost(f"{name}.qk", "matmul", macs, None, q, k, int(macs * q * k), 0, 0),
-                LayerCost(f"{name}.av", "matmul", macs, None, p, v, int(macs * p * v), 0, 0)]
-    _, in_shape, out_shape = info
-    w = module.weight
-    out_ch = w.shape[0]
-    if isinstance(module, nn.Conv2d):
-        macs_per_out = out_shape[-1] * out_shape[-2] * w[0].numel()  # per output channel
-        kind = "conv"
-    else:
-        tokens = int(torch.tensor(in_shape[:-1]).prod())
-        macs_per_out = tokens * module.in_features
-        kind = "linear"
-    bits = _channel_bits(module, out_ch)
-    a_bits = _bits(getattr(module, "input_quantizer", None))
-    bops = int(round(float((bits * macs_per_out * a_bits).sum())))
-    return [LayerCost(name, kind, macs_per_out * out_ch, float(bits.mean()), a_bits, None, bops, w.numel(),
-                      _weight_size_bits(module))]
+def _ordered_rows(model: nn.Module, seen: dict[str, OpShape]) -> list[LayerCost]:
+    """Rows in first-call order, the attention matmuls right after their ``qkv``; then the weight
+    layers that never ran (0 MACs; their weights still take space)."""
+    weight_rows: dict[str, LayerCost] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            weight_rows[name] = _weight_row(module, name, seen.get(name))
+    rows: list[LayerCost] = []
+    pending: dict[str, list[LayerCost]] = {}  # attention rows waiting for their qkv row
+    for name, op in seen.items():
+        if op.kind == "attention":
+            matmuls = _matmul_rows(model.get_submodule(name), name, op)
+            if f"{name}.qkv" in seen:
+                pending[f"{name}.qkv"] = matmuls
+            else:
+                rows += matmuls
+        else:
+            rows.append(weight_rows.pop(name))
+            rows += pending.pop(name, [])
+    return rows + [r for rows_left in pending.values() for r in rows_left] + list(weight_rows.values())
+
+
+def _weight_row(module: nn.Module, name: str, op: OpShape | None) -> LayerCost:
+    macs_per_channel = op.macs_per_channel if op is not None else 0
+    bits = weight_channel_bits(module, name)
+    a_bits = act_bits(getattr(module, "input_quantizer", None))
+    # Σ_c MACs_c · b_w(c) · b_a with MACs_c equal for every output channel c
+    bops = _bops(macs_per_channel, float(bits.sum()), a_bits)
+    return LayerCost(
+        name=name,
+        kind="conv" if isinstance(module, nn.Conv2d) else "linear",
+        macs=macs_per_channel * bits.numel(),
+        w_bits=float(bits.mean()),
+        a_bits=a_bits,
+        a2_bits=None,
+        bops=bops,
+        params=module.weight.numel(),
+        size_bits=weight_storage_bits(module, name) + qparam_bits(module),
+    )
+
+
+def _matmul_rows(module: nn.Module, name: str, op: OpShape) -> list[LayerCost]:
+    q, k, probs, v = (act_bits(getattr(module, f"{p}_quantizer", None)) for p in ("q", "k", "probs", "v"))
+    macs = op.matmul_macs
+    return [
+        LayerCost(f"{name}.qk", "matmul", macs, None, q, k, _bops(macs, q, k), 0, 0),
+        LayerCost(f"{name}.av", "matmul", macs, None, probs, v, _bops(macs, probs, v), 0, 0),
+    ]
+
+
+def _bops(macs: int, *bits: float) -> int:
+    """``macs × Π bits`` as an exact integer (Python ints: no float rounding on large models)."""
+    out = macs
+    for b in bits:
+        out = out * int(b) if float(b).is_integer() else out * b
+    return int(round(out))
 
 
 def _totals(model: nn.Module, layers: list[LayerCost], size: int) -> CostReport:
     macs = sum(r.macs for r in layers)
     bops = sum(r.bops for r in layers)
-    counted = {id(model.get_submodule(r.name).weight) for r in layers if r.kind != "matmul"}
-    other = sum(p.numel() for p in model.parameters() if id(p) not in counted)
-    persistent = sum(b.numel() for name, b in _persistent_buffers(model))
-    size_bits = sum(r.size_bits for r in layers) + (other + persistent) * FP_BITS
-    fp_bits = (sum(p.numel() for p in model.parameters()) + persistent) * FP_BITS
-    return CostReport(tuple(layers), macs, bops, macs * FP_BITS * FP_BITS,
-                      bops / max(1, macs * FP_BITS * FP_BITS), (size_bits + 7) // 8, fp_bits // 8, size)
+    stored = _stored_tensors(model)
+    every = sum(t.numel() for t in stored.values())
+    # the weights of the linear/conv rows are in their size_bits; everything else is stored at 32 bit
+    row_weights = {id(model.get_submodule(r.name).weight) for r in layers if r.kind != "matmul"}
+    other = every - sum(stored[i].numel() for i in row_weights if i in stored)
+    size_bits = sum(r.size_bits for r in layers) + other * FP_BITS
+    bops_fp32 = macs * FP_BOPS_PER_MAC
+    return CostReport(
+        layers=tuple(layers),
+        macs=macs,
+        bops=bops,
+        bops_fp32=bops_fp32,
+        rel_bops=bops / bops_fp32 if macs else 1.0,
+        size_bytes=-(-size_bits // 8),
+        fp_size_bytes=every * FP_BITS // 8,
+        input_size=size,
+    )
 
 
-def _persistent_buffers(model: nn.Module):
-    """Persistent model buffers, excluding quantizer state (counted as scale overhead)."""
-    from vitcompress.quant import Quantizer
-
-    for mod_name, module in model.named_modules():
-        if isinstance(module, Quantizer):
+def _stored_tensors(model: nn.Module) -> dict[int, torch.Tensor]:
+    """Every distinct parameter and persistent buffer, by id, outside the quantizers (their scales
+    count through ``qparam_count``; timm's non-persistent index buffers and masks are rebuilt, not stored)."""
+    skip = quantizer_module_ids(model)
+    out: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        if id(module) in skip:
             continue
-        for name, buf in module.named_buffers(recurse=False):
-            if name not in module._non_persistent_buffers_set:
-                yield f"{mod_name}.{name}", buf
-
-
-def macs_by_block(model: nn.Module, input_size: int | None = None) -> dict[str, int]:
-    """MACs grouped per transformer block (``blocks.i`` / ``layers.s.blocks.j``), others by top-level name."""
-    out: dict[str, int] = {}
-    for r in cost(model, input_size).layers:
-        parts = r.name.split(".")
-        if parts[0] == "blocks":
-            key = ".".join(parts[:2])
-        elif parts[0] == "layers" and len(parts) > 3 and parts[2] == "blocks":
-            key = ".".join(parts[:4])
-        else:
-            key = parts[0] if parts[0] != "layers" else ".".join(parts[:3])
-        out[key] = out.get(key, 0) + r.macs
+        for p in module._parameters.values():
+            if p is not None:
+                out[id(p)] = p
+        for name, b in module._buffers.items():
+            if b is not None and name not in module._non_persistent_buffers_set:
+                out[id(b)] = b
     return out
+
+
+def macs_by_block(model: nn.Module, input_size: int | None = None, in_chans: int | None = None) -> dict[str, int]:
+    """MACs grouped per transformer block, for the equivalent-bits formula (METHODS §4.5).
+
+    Keys: ``blocks.i`` (ViT/DeiT), ``layers.s.blocks.j`` (Swin), ``layers.s.downsample`` (Swin patch
+    merging, the non-saveable part), otherwise the top-level module name (``patch_embed``, ``head``).
+    Ops that did not run are left out; the values sum to ``cost(model).macs``.
+    """
+    out: dict[str, int] = {}
+    for r in cost(model, input_size, in_chans).layers:
+        if r.macs:
+            key = block_key(r.name)
+            out[key] = out.get(key, 0) + r.macs
+    return out
+
+
+def block_key(name: str) -> str:
+    """The block an op belongs to (see :func:`macs_by_block`)."""
+    parts = name.split(".")
+    if parts[0] == "blocks" and len(parts) > 1:
+        return ".".join(parts[:2])
+    if parts[0] == "layers" and len(parts) > 3 and parts[2] == "blocks":
+        return ".".join(parts[:4])
+    if parts[0] == "layers" and len(parts) > 2:
+        return ".".join(parts[:3])
+    return parts[0]
