@@ -23,13 +23,7 @@ from vitcompress.quant.observers import (
 batch = st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32), min_size=1, max_size=200)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: on a loaded machine, intra-op threads cost far more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mse(x, lo, hi, bits, symmetric=False):

@@ -21,13 +21,7 @@ BITS = st.sampled_from([2, 3, 4, 5, 6, 7, 8, 16])
 values = st.lists(st.floats(-1000, 1000, allow_nan=False, width=32), min_size=1, max_size=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: on a loaded machine, intra-op threads cost far more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_qrange_golden_values():

@@ -27,13 +27,7 @@ SCHEME = st.sampled_from(["symmetric", "asymmetric"])
 OBSERVER = st.sampled_from(["minmax", "percentile", "omse", "mse"])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: on a loaded machine, intra-op threads cost far more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def calibrated(spec, x, channel_axis=0, num_channels=None, name="q"):
