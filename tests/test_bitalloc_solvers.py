@@ -74,8 +74,8 @@ def small_instances(draw):
     drawn around the reachable range so feasible, below- and above-range budgets all occur."""
     units = []
     for i in range(draw(st.integers(1, 5))):
-        bits = draw(st.lists(st.integers(1, 8), min_size=1, max_size=4, unique=True))
-        dist = draw(st.lists(st.floats(0, 100), min_size=len(bits), max_size=len(bits)))
+        bits = sorted(draw(st.lists(st.integers(1, 8), min_size=1, max_size=4, unique=True)))
+        dist = sorted(draw(st.lists(st.floats(0, 100), min_size=len(bits), max_size=len(bits))), reverse=True)
         units.append(UnitCurve(f"u{i}", draw(st.integers(1, 12)), tuple(bits), tuple(dist)))
     curves = Curves(tuple(units))
     min_bits = draw(st.none() | st.integers(1, 4))
@@ -105,27 +105,27 @@ def test_dp_equals_brute_force_and_never_exceeds_the_budget(inst):
             dp_allocate(curves, budget, min_bits=min_bits)
         return
     cap = math.floor(Fraction(cents, 100) * curves.total_size)
-    plan = dp_allocate(curves, budget, min_bits=min_bits)
     choices = allowed_choices(curves, min_bits)
     lo = sum(min(b for b, _ in c) * u.size for c, u in zip(choices, curves.units, strict=True))
     hi = sum(max(b for b, _ in c) * u.size for c, u in zip(choices, curves.units, strict=True))
-    assert plan.feasible == (lo <= Fraction(cents, 100) * curves.total_size <= hi)
+    if not lo <= Fraction(cents, 100) * curves.total_size <= hi:
+        with pytest.raises(ConfigError, match=r"budget .* is outside the feasible range \["):
+            dp_allocate(curves, budget, min_bits=min_bits)
+        return
+    plan = dp_allocate(curves, budget, min_bits=min_bits)
     assert all(min_bits is None or b >= min_bits for b in plan.bits.values())
     assert plan.total_bits == plan_total(curves, plan)
     assert plan.distortion == pytest.approx(plan_distortion(curves, plan), abs=1e-9)
     best = brute_force(curves, cap, min_bits)
-    if best is None:  # below the reachable range: every unit at its fewest allowed bits
-        assert not plan.feasible and plan.total_bits == lo
-    else:
-        assert plan.total_bits <= cap
-        assert plan.distortion == pytest.approx(best, abs=1e-9)
+    assert plan.total_bits <= cap
+    assert plan.distortion == pytest.approx(best, abs=1e-9)
 
 
 def test_dp_golden_two_units():
     curves = Curves((UnitCurve("a", 1, (1, 2), (10.0, 0.0)), UnitCurve("b", 1, (1, 2), (5.0, 0.0))))
     plan = dp_allocate(curves, 1.5)
     assert plan.bits == {"a": 2, "b": 1} and plan.distortion == 5.0 and plan.avg_bits == 1.5
-    assert plan.feasible and plan.within_eps is None and plan.solver == "dp"
+    assert plan.within_eps is None and plan.solver == "dp"
 
 
 def test_dp_reduces_capacity_by_gcd_exactly():
@@ -149,7 +149,7 @@ def test_dp_table_too_large_is_a_config_error():
 def test_lg_lands_within_eps_on_convex_curves(seed, n_units, budget):
     curves = geometric_curves(n_units, seed)
     plan = lagrangian_allocate(curves, budget)
-    assert plan.feasible and plan.within_eps
+    assert plan.within_eps
     assert abs(plan.avg_bits - budget) <= 0.02
     assert plan.distortion == pytest.approx(plan_distortion(curves, plan), rel=1e-12)
 
@@ -162,8 +162,18 @@ def test_lg_is_never_better_than_dp_at_its_own_bit_total(inst):
     curves, cents, min_bits = inst
     if not _has_choice(curves, min_bits):
         return
+    choices = allowed_choices(curves, min_bits)
+    lo = sum(min(b for b, _ in c) * u.size for c, u in zip(choices, curves.units, strict=True))
+    hi = sum(max(b for b, _ in c) * u.size for c, u in zip(choices, curves.units, strict=True))
+    if not lo <= Fraction(cents, 100) * curves.total_size <= hi:
+        with pytest.raises(ConfigError, match="outside the feasible range"):
+            lagrangian_allocate(curves, cents / 100, min_bits=min_bits)
+        return
     lg = lagrangian_allocate(curves, cents / 100, min_bits=min_bits)
     total = lg.total_bits
+    if total == hi:  # every unit at its most bits: monotone curves make that the least distortion
+        assert lg.distortion == pytest.approx(sum(min(d for _, d in c) for c in choices), abs=1e-9)
+        return
     dp = dp_allocate(curves, (total + 0.5) / curves.total_size, min_bits=min_bits)  # capacity = total
     assert dp.total_bits <= total
     assert dp.distortion <= lg.distortion + 1e-6
@@ -181,7 +191,7 @@ def test_lg_plateau_returns_best_plan_under_budget():
     unit = {"size": 100, "bits": list(range(2, 9)), "distortion": [4.0**-b for b in range(2, 9)]}
     curves = Curves.from_json({"units": [{"name": f"u{i}", **unit} for i in range(10)]})
     plan = lagrangian_allocate(curves, 2.5)
-    assert plan.feasible and plan.within_eps is False
+    assert plan.within_eps is False
     assert plan.avg_bits == 2.0 and set(plan.bits.values()) == {2}
     dp = dp_allocate(curves, 2.5)  # the exact solver fills the gap
     assert dp.avg_bits == 2.5 and dp.distortion < plan.distortion
@@ -204,23 +214,22 @@ def test_lg_10000_units_by_7_bits():
     plan = lagrangian_allocate(curves, 4.0)
     log.info("LG on 10,000 units x 7 bits: %.4f s", plan.seconds)  # speed is for benchmarks, not asserted
     print(f"LG on 10,000 units x 7 bits: {plan.seconds:.4f} s")
-    assert plan.feasible and plan.within_eps and len(plan.bits) == 10_000
+    assert plan.within_eps and len(plan.bits) == 10_000
 
 
 # ------------------------------------------------------------------------------------------ budgets
 @pytest.mark.parametrize("solver", [dp_allocate, lagrangian_allocate])
-def test_infeasible_budgets_give_the_closest_plan(solver, caplog):
+def test_infeasible_budgets_are_errors_naming_the_feasible_range(solver):
     curves = geometric_curves(20, seed=2)
-    with caplog.at_level(logging.WARNING):
-        below = solver(curves, 1.5)
-    assert not below.feasible and set(below.bits.values()) == {2} and below.avg_bits > 1.5
-    assert "outside the reachable range" in caplog.text
-    above = solver(curves, 9.0)
-    assert not above.feasible and set(above.bits.values()) == {8}
-    floor = solver(curves, 3.0, min_bits=4)  # the minimum width alone exceeds the budget
-    assert not floor.feasible and set(floor.bits.values()) == {4}
-    edge = solver(curves, 2.0)  # exactly the minimum: feasible
-    assert edge.feasible and edge.avg_bits == 2.0
+    with pytest.raises(ConfigError, match=r"budget 1.5 is outside the feasible range \[2.0000, 8.0000\]"):
+        solver(curves, 1.5)
+    with pytest.raises(ConfigError, match=r"budget 9 is outside the feasible range \[2.0000, 8.0000\]"):
+        solver(curves, 9.0)
+    with pytest.raises(ConfigError, match=r"\[4.0000, 8.0000\] .*min_bits=4"):  # the floor alone exceeds 3
+        solver(curves, 3.0, min_bits=4)
+    for edge in (2.0, 8.0):  # the ends of the range are feasible
+        plan = solver(curves, edge)
+        assert plan.avg_bits == edge and set(plan.bits.values()) == {int(edge)}
 
 
 @pytest.mark.parametrize("solver", [dp_allocate, lagrangian_allocate])
@@ -295,6 +304,10 @@ GOOD = {"name": "a", "size": 10, "bits": [2, 4], "distortion": [1.0, 0.1]}
         ),
         ({"units": [{**GOOD, "distortion": [math.inf, 1.0]}]}, r"unit 'a': distortion at 2 bits"),
         ({"units": [GOOD, GOOD]}, "duplicate unit name 'a'"),
+        (
+            {"units": [{**GOOD, "bits": [4, 2, 8], "distortion": [0.1, 1.0, 0.2]}]},
+            r"unit 'a': distortion must not increase with bits, got 0.2 at 8 bits > 0.1 at 4 bits",
+        ),
         ({"units": [{**GOOD, "weight": 1}]}, r"unit 'a': unknown keys \['weight'\]"),
         ({"units": [{"name": "a", "size": 1, "bits": [2]}]}, r"unit 'a': missing keys \['distortion'\]"),
         ({"units": [GOOD], "meta": {}}, r"curves: unknown keys \['meta'\]"),
@@ -362,5 +375,5 @@ def test_cli_table_margin_and_infeasible(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert out.startswith("DP: 3.") and "min bits 3" in out and all(n in out for n in curves.names)
-    assert _cli(["--curves", str(tmp_path / "curves.json"), "--budget", "1", "--solver", "lg"]) == 1
-    assert "outside the reachable range" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"outside the feasible range \[2.0000, 8.0000\]"):
+        _cli(["--curves", str(tmp_path / "curves.json"), "--budget", "1", "--solver", "lg"])

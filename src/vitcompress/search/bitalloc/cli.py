@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Solve, print the plan, return 0 (or 1 when the budget is outside the reachable range)."""
+    """Solve and print the plan; a budget outside the feasible range raises ConfigError (exit 2)."""
     path = str(args.curves)
     curves = Curves.load_npz(path) if path.endswith(".npz") else Curves.from_json(path)
     min_bits = getattr(args, "min_bits", None)  # optional keys: a hand-built Namespace works too
@@ -64,7 +64,6 @@ def run(args: argparse.Namespace) -> int:
             "seconds": plan.seconds,
             "solver": plan.solver,
             "budget": plan.budget,
-            "feasible": plan.feasible,
             "within_eps": plan.within_eps,
             "min_bits": plan.min_bits,
             "total_bits": plan.total_bits,
@@ -72,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out))
     else:
         print(_table(plan, curves))
-    return 0 if plan.feasible else 1
+    return 0
 
 
 def _table(plan: BitPlan, curves: Curves) -> str:
@@ -80,10 +79,9 @@ def _table(plan: BitPlan, curves: Curves) -> str:
         f"{plan.solver.upper()}: {plan.avg_bits:.4f} bits (budget {plan.budget:g}, min bits "
         f"{plan.min_bits if plan.min_bits is not None else '-'}), predicted distortion "
         f"{plan.distortion:.6g}, {plan.seconds:.3f} s"
-        + ("" if plan.feasible else "  [budget outside the reachable range: closest plan]")
         + (
             "  [not within eps: best plan under the budget]"
-            if plan.within_eps is False and plan.feasible
+            if plan.within_eps is False
             else ""
         )
     ]

@@ -48,7 +48,9 @@ class UnitCurve:
         name: unique unit name (e.g. ``blocks.3.mlp.fc1`` or ``blocks.3.mlp.fc1.g7`` for a channel group).
         size: number of weights ``n_u`` (>= 1).
         bits: candidate bit widths (distinct integers >= 1); stored sorted ascending.
-        distortion: ``D_u(b)`` for each entry of ``bits`` (finite), reordered with ``bits``.
+        distortion: ``D_u(b)`` for each entry of ``bits`` (finite, non-increasing in ``b``; measured
+            curves are made monotone by :func:`~vitcompress.search.bitalloc.measure.measure_curves`),
+            reordered with ``bits``.
     """
 
     name: str
@@ -84,6 +86,12 @@ class UnitCurve:
             if not isinstance(d, numbers.Real) or isinstance(d, bool) or not math.isfinite(d):
                 raise ConfigError(f"{where}: distortion at {b} bits must be finite, got {d!r}")
         order = sorted(range(len(bits)), key=bits.__getitem__)
+        for lo, hi in zip(order, order[1:]):  # more bits never add distortion (the solvers rely on it)
+            if dist[hi] > dist[lo]:
+                raise ConfigError(
+                    f"{where}: distortion must not increase with bits, got {dist[hi]!r} at {bits[hi]} bits "
+                    f"> {dist[lo]!r} at {bits[lo]} bits"
+                )
         object.__setattr__(self, "size", int(self.size))
         object.__setattr__(self, "bits", tuple(int(bits[i]) for i in order))
         object.__setattr__(self, "distortion", tuple(float(dist[i]) for i in order))

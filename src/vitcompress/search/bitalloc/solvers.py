@@ -15,11 +15,8 @@ Shared conventions (both solvers, both documented in :class:`BitPlan`):
   binary double just below it), so the bit capacity is ``floor(B·Σn)`` computed exactly
   (:func:`capacity_bits`).
 - **Infeasible budgets.** A budget outside ``[min_avg, max_avg]`` (the averages of "every unit at its
-  fewest allowed bits" and "every unit at its most bits") does not raise: the solver returns the
-  closest plan with ``feasible=False`` and logs a warning. Below the range that is every unit at its
-  fewest allowed bits (which exceeds the budget: nothing can meet it); above it, the plan of least
-  distortion (every unit at its best bit width — its most bits when curves decrease). The CLI exits
-  with status 1 on such a plan.
+  fewest allowed bits" and "every unit at its most bits") raises :class:`ConfigError` naming that
+  feasible range: no plan can meet it, and a silently "closest" plan would be mistaken for an answer.
 - **Ties** go to fewer bits.
 """
 
@@ -143,12 +140,9 @@ class BitPlan:
         solver: ``"lg"`` or ``"dp"``.
         budget: the requested average bits ``B``.
         seconds: wall time of the solver.
-        feasible: whether ``B`` lies in ``[min_avg, max_avg]``, the averages reachable under
-            ``min_bits``. When False the plan is the closest one (see the solvers module docstring).
         within_eps: LG only: whether ``|avg_bits − B| <= ε``. False when the Lagrangian jumps over
-            the target (a plateau of λ) or the budget is infeasible; the plan is then the best one
-            found under the budget. None for DP, which has no tolerance (it never exceeds the
-            budget when feasible).
+            the target (a plateau of λ); the plan is then the best one found under the budget.
+            None for DP, which has no tolerance (it never exceeds the budget).
         min_bits: the minimum bit width used (None: no constraint).
         total_bits: achieved Σ b_u n_u.
         lam: LG only: the multiplier λ = 2^t of the returned plan.
@@ -160,13 +154,12 @@ class BitPlan:
     solver: str
     budget: float
     seconds: float
-    feasible: bool
     within_eps: bool | None = None
     min_bits: int | None = None
     total_bits: int | None = None
     lam: float | None = None
 
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2  # 2: no `feasible` field (infeasible budgets raise)
 
     def __post_init__(self) -> None:
         if self.solver not in ("lg", "dp"):
@@ -208,7 +201,6 @@ def _make_plan(
     solver: str,
     budget: float,
     start: float,
-    feasible: bool,
     min_bits: int | None,
     within_eps: bool | None = None,
     lam: float | None = None,
@@ -223,7 +215,6 @@ def _make_plan(
         solver=solver,
         budget=float(budget),
         seconds=time.perf_counter() - start,
-        feasible=feasible,
         within_eps=within_eps,
         min_bits=min_bits,
         total_bits=total,
@@ -231,23 +222,14 @@ def _make_plan(
     )
 
 
-def _feasible(t: _Tables, exact_budget: Fraction) -> bool:
-    target = exact_budget * t.total
-    return t.rate_of(t.first) <= target <= t.rate_of(t.last)
-
-
-def _warn_infeasible(plan: BitPlan, t: _Tables) -> None:
-    lo, hi = t.rate_of(t.first) / t.total, t.rate_of(t.last) / t.total
-    log.warning(
-        "%s: budget %.4g bits is outside the reachable range [%.4f, %.4f] (min_bits=%s); "
-        "returning the closest plan (%.4f bits)",
-        plan.solver.upper(),
-        plan.budget,
-        lo,
-        hi,
-        plan.min_bits,
-        plan.avg_bits,
-    )
+def _require_feasible(t: _Tables, exact_budget: Fraction, min_bits: int | None) -> None:
+    """Raise ConfigError naming the feasible range when no plan can reach ``exact_budget``."""
+    lo, hi = t.rate_of(t.first), t.rate_of(t.last)
+    if not lo <= exact_budget * t.total <= hi:
+        raise ConfigError(
+            f"budget {float(exact_budget):g} is outside the feasible range [{lo / t.total:.4f}, {hi / t.total:.4f}] "
+            f"average bits per weight of these curves (min_bits={min_bits})"
+        )
 
 
 # ------------------------------------------------------------------------------------------ LG
@@ -309,7 +291,10 @@ def lagrangian_allocate(
         max_iter: most bisection steps (it also stops when t can no longer be halved in float64).
 
     Returns:
-        The plan. Out-of-range budgets give ``feasible=False`` and the closest plan (module docstring).
+        The plan.
+
+    Raises:
+        ConfigError: the budget is outside the feasible range (module docstring).
     """
     start = time.perf_counter()
     exact_b = _check_budget(budget)
@@ -318,6 +303,7 @@ def lagrangian_allocate(
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ConfigError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     t = _tables(curves, min_bits)
+    _require_feasible(t, exact_b, min_bits)
     rate = (t.bits * t.sizes[:, None]).astype(np.float64)  # (U, K) b·n
     if t_range is None:
         lo, hi = _t_range_from_curves(t, rate)
@@ -345,14 +331,11 @@ def lagrangian_allocate(
             solver="lg",
             budget=budget,
             start=start,
-            feasible=_feasible(t, exact_b),
             min_bits=min_bits,
             within_eps=within,
             lam=2.0 ** min(max(tt, -1074.0), t_cap),
         )
-        if not plan.feasible:
-            _warn_infeasible(plan, t)
-        elif not within:
+        if not within:
             log.warning(
                 "LG: no λ gives an average within ε=%g of %g bits (%s); returning %.4f bits",
                 eps,
@@ -436,17 +419,18 @@ def dp_allocate(
         max_cells: the largest back-pointer table allowed (cells = bytes for <= 255 choices per unit).
 
     Returns:
-        The plan (``within_eps`` None). Out-of-range budgets give ``feasible=False`` and the closest
-        plan (module docstring).
+        The plan (``within_eps`` None).
 
     Raises:
-        ConfigError: the reduced table is larger than ``max_cells``.
+        ConfigError: the budget is outside the feasible range (module docstring), or the reduced
+            table is larger than ``max_cells``.
     """
     start = time.perf_counter()
     exact_b = _check_budget(budget)
     if isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 1:
         raise ConfigError(f"max_cells must be an integer >= 1, got {max_cells!r}")
     t = _tables(curves, min_bits)
+    _require_feasible(t, exact_b, min_bits)
     n_units = len(t.sizes)
     rows = np.arange(n_units)
     allowed = np.isfinite(t.dist)
@@ -455,13 +439,6 @@ def dp_allocate(
     w = rate // g
     w_first = w[rows, t.first]
     cap = math.floor(exact_b * t.total) // g - int(w_first.sum())
-    feasible = _feasible(t, exact_b)
-    if cap < 0:  # even every unit at its fewest bits exceeds the budget
-        plan = _make_plan(
-            t, t.first, solver="dp", budget=budget, start=start, feasible=False, min_bits=min_bits
-        )
-        _warn_infeasible(plan, t)
-        return plan
     shifted = np.where(allowed, w - w_first[:, None], 0)  # (U, K), 0 at each unit's fewest bits
     g2 = int(np.gcd.reduce(shifted[allowed])) or 1  # 0 when every unit has a single choice
     shifted //= g2
@@ -478,9 +455,7 @@ def dp_allocate(
         cols = _knapsack_at_most(t, shifted, cap)
     else:  # Σ s <= cap  ⟺  Σ (s_max − s) >= span − cap: the smaller table
         cols = _knapsack_at_least(t, shifted[rows, t.last][:, None] - shifted, span - cap)
-    plan = _make_plan(t, cols, solver="dp", budget=budget, start=start, feasible=feasible, min_bits=min_bits)
-    if not feasible:
-        _warn_infeasible(plan, t)
+    plan = _make_plan(t, cols, solver="dp", budget=budget, start=start, min_bits=min_bits)
     log.info(
         "DP: %.4f bits (budget %g), D=%.6g, table %d x %d, %.3f s",
         plan.avg_bits,
