@@ -56,12 +56,17 @@ def qparam_bits(module: nn.Module) -> int:
 def weight_storage_bits(module: nn.Module, name: str) -> int:
     """Bits to store ``module.weight`` (values + sparsity metadata), without the scale overhead.
 
-    A module that defines ``storage_bits()`` (N:M sparsity, METHODS §3.1) supplies this number
-    itself; otherwise each output channel's weights are counted at that channel's bit width.
+    A module that defines ``storage_bits()`` supplies this number itself; a module with an N:M mask
+    (child ``weight_sparsity`` with ``storage_bits(channel_bits, reduction)``) is counted as kept
+    values plus index metadata (METHODS §3.1); otherwise each output channel's weights are counted
+    at that channel's bit width.
     """
     storage = getattr(module, "storage_bits", None)
     if callable(storage):
         return int(storage())
+    sparsity = getattr(module, "weight_sparsity", None)  # N:M mask (vitcompress.sparsity.NMSparsity)
+    if sparsity is not None:
+        return int(sparsity.storage_bits(weight_channel_bits(module, name), module.weight[0].numel()))
     per_channel = module.weight[0].numel()
     # float64 is exact here: bit widths are small integers and the sums stay far below 2**53
     return int(round(float(weight_channel_bits(module, name).sum()) * per_channel))

@@ -83,8 +83,11 @@ def _weight_row(module: nn.Module, name: str, op: OpShape | None) -> LayerCost:
     macs_per_channel = op.macs_per_channel if op is not None else 0
     bits = weight_channel_bits(module, name)
     a_bits = act_bits(getattr(module, "input_quantizer", None))
-    # Σ_c MACs_c · b_w(c) · b_a with MACs_c equal for every output channel c
-    bops = _bops(macs_per_channel, float(bits.sum()), a_bits)
+    # Σ_c MACs_c · b_w(c) · b_a with MACs_c equal for every output channel c; an N:M-sparse layer
+    # executes only its kept MACs (n/m of them), so its BOPs count those; its MACs column stays dense
+    sparsity = getattr(module, "weight_sparsity", None)
+    executed = sparsity.kept_macs(macs_per_channel) if sparsity is not None else macs_per_channel
+    bops = _bops(executed, float(bits.sum()), a_bits)
     return LayerCost(
         name=name,
         kind="conv" if isinstance(module, nn.Conv2d) else "linear",
