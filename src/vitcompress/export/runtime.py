@@ -1,0 +1,106 @@
+"""ONNX Runtime (CPU) sessions for exported models: run, evaluate, and count the kernels ORT chose.
+
+ORT turns the QDQ graph into integer kernels during graph optimization (``QDQ`` transformers,
+level ``extended`` and above): ``DequantizeLinear → MatMul`` with int8 weights becomes
+``MatMulIntegerToFloat`` (u8·s8 → int32 → float) and ``DQ → MatMul → Q`` becomes ``QLinearMatMul``.
+:func:`kernel_counts` saves the optimized graph and tallies which ops ran integer and which stayed
+float, the first thing to look at when INT8 is not faster.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitcompress.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+# ops that compute on integers (ORT contrib ops included)
+INTEGER_OPS = frozenset({"QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "QLinearConv", "ConvInteger",
+                         "QGemm", "QLinearAdd", "QLinearMul", "QLinearSoftmax", "QLinearSigmoid",
+                         "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearConcat", "QLinearLeakyRelu",
+                         "QLinearReduceMean", "QAttention", "DynamicQuantizeMatMul", "MatMulNBits"})
+COMPUTE_FLOAT_OPS = frozenset({"MatMul", "Gemm", "Conv", "FusedConv", "FusedMatMul", "FusedGemm", "Attention",
+                               "MultiHeadAttention"})
+CONVERT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+
+
+def ort_session(path: str | Path, threads: int | None = None, opt_level: str = "all",
+                optimized_path: str | Path | None = None):
+    """An ``onnxruntime.InferenceSession`` on the CPU provider.
+
+    Args:
+        path: the ONNX file.
+        threads: intra-op threads (None: ORT's default, one per physical core); inter-op is 1.
+        opt_level: graph optimization level, one of ``OPT_LEVELS``.
+        optimized_path: if given, ORT writes the optimized graph there (to count kernels).
+    """
+    import onnxruntime as ort
+
+    if opt_level not in OPT_LEVELS:
+        raise ConfigError(f"opt_level must be one of {list(OPT_LEVELS)}, got {opt_level!r}")
+    if not Path(path).is_file():
+        raise DataError(f"model: ONNX file {path} does not exist")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[opt_level]
+    if threads:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # the "optimized model is hardware specific" notice is expected
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+class OrtModule(nn.Module):
+    """An ORT session as a module: ``forward(x)`` runs it (float32 numpy in, torch tensor out), so
+    :func:`vitcompress.evaluate` and the benchmark treat it like the torch model."""
+
+    def __init__(self, session):
+        super().__init__()
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)})
+        return torch.from_numpy(out[0])
+
+
+def op_counts(path: str | Path) -> dict[str, int]:
+    """Node count per op type of an ONNX file (top-level graph), most frequent first."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return dict(collections.Counter(n.op_type for n in model.graph.node).most_common())
+
+
+def kernel_counts(path: str | Path, threads: int | None = 1, opt_level: str = "all") -> dict:
+    """Ops of the graph ORT actually runs after optimization, grouped.
+
+    Returns:
+        ``{"ops": {op: n}, "integer": n, "float_compute": n, "convert": n, "float_compute_ops": {op: n}}``:
+        integer kernels (``INTEGER_OPS``), float matmul/conv-like kernels (what stayed float) and
+        quantize/dequantize conversions (layout and precision changes between them).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        ort_session(path, threads, opt_level, optimized)
+        ops = op_counts(optimized)
+    return {"ops": ops,
+            "integer": sum(n for op, n in ops.items() if op in INTEGER_OPS),
+            "float_compute": sum(n for op, n in ops.items() if op in COMPUTE_FLOAT_OPS),
+            "convert": sum(n for op, n in ops.items() if op in CONVERT_OPS),
+            "float_compute_ops": {op: n for op, n in ops.items() if op in COMPUTE_FLOAT_OPS}}
