@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="mixaq_command", required=True, metavar="ACTION")
     add_sample_arguments(msub.add_parser("sample", help="uniform-sum (or naive) ratio vectors"))
     add_eqbits_arguments(msub.add_parser("eqbits", help="equivalent activation bits (seed 000 eq. 3-5)"))
+    from vitcompress.export.cli import add_bench_arguments, add_export_arguments
+
+    add_export_arguments(sub.add_parser("export", help="export a model to ONNX (INT8 QDQ if quantized, else FP32)"))
+    add_bench_arguments(sub.add_parser("bench", help="latency: torch FP32, ONNX Runtime FP32 and INT8, vs BOPs"))
     return parser
 
 
@@ -169,6 +173,20 @@ def _allocate(args: argparse.Namespace) -> int:
     from vitcompress.search.bitalloc.cli import run
 
     return run(args)
+
+
+@command("export")
+def _export(args: argparse.Namespace) -> int:
+    from vitcompress.export.cli import run_export
+
+    return run_export(args)
+
+
+@command("bench")
+def _bench(args: argparse.Namespace) -> int:
+    from vitcompress.export.cli import run_bench
+
+    return run_bench(args)
 
 
 def _model_kwargs(args: argparse.Namespace) -> dict:

@@ -4,12 +4,35 @@
 that ONNX Runtime runs with integer kernels (a float model as the FP32 baseline);
 ``ort_session``/``OrtModule`` run it; ``benchmark_deploy`` times torch eager FP32, ORT FP32 and
 ORT INT8 next to the BOPs ratio. Design and measurements: ``docs/deploy.md``.
+
+Imports are lazy (as in the top-level package) so that the CLI can build its parser without torch.
 """
 
-from vitcompress.export.bench import Timing, benchmark_deploy, format_bench
-from vitcompress.export.convert import PointExport, to_export_model
-from vitcompress.export.onnx_export import ExportReport, export_onnx, is_quantized
-from vitcompress.export.runtime import OrtModule, kernel_counts, op_counts, ort_session
+from __future__ import annotations
 
-__all__ = ["ExportReport", "OrtModule", "PointExport", "Timing", "benchmark_deploy", "export_onnx",
-           "format_bench", "is_quantized", "kernel_counts", "op_counts", "ort_session", "to_export_model"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Timing": "vitcompress.export.bench",
+    "benchmark_deploy": "vitcompress.export.bench",
+    "format_bench": "vitcompress.export.bench",
+    "PointExport": "vitcompress.export.convert",
+    "to_export_model": "vitcompress.export.convert",
+    "ExportReport": "vitcompress.export.onnx_export",
+    "export_onnx": "vitcompress.export.onnx_export",
+    "is_quantized": "vitcompress.export.onnx_export",
+    "OrtModule": "vitcompress.export.runtime",
+    "kernel_counts": "vitcompress.export.runtime",
+    "op_counts": "vitcompress.export.runtime",
+    "ort_session": "vitcompress.export.runtime",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vitcompress.export' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -53,13 +53,16 @@ class PointExport:
         bits: its bit width in the recipe.
         scheme: its scheme in the recipe.
         exported_as: ``int8`` / ``uint8`` (integer QDQ), or ``float`` (no QDQ).
-        note: why it differs from the recipe (promotion, kept float), or "".
+        exact: whether the exported point computes the recipe's values exactly (False: promoted or
+            kept float, so the ONNX model differs from the fake-quant model there).
+        note: how it was mapped (promotion, kept float, PTF as per-channel QDQ), or "".
     """
 
     name: str
     bits: int
     scheme: str
     exported_as: str
+    exact: bool = True
     note: str = ""
 
     def to_dict(self) -> dict:
@@ -67,8 +70,8 @@ class PointExport:
 
 
 class _Points(list):
-    def add(self, qz: Quantizer, exported_as: str, note: str = "") -> None:
-        self.append(PointExport(qz.name, qz.spec.bits, qz.spec.scheme, exported_as, note))
+    def add(self, qz: Quantizer, exported_as: str, note: str = "", exact: bool = True) -> None:
+        self.append(PointExport(qz.name, qz.spec.bits, qz.spec.scheme, exported_as, exact, note))
 
 
 # ---- activations ---------------------------------------------------------------------------------
@@ -81,10 +84,10 @@ def _promoted_8bit(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, to
 def _unsupported(qz: Quantizer, why: str, policy: str, points: _Points) -> bool:
     """Handle a point without an 8-bit ONNX equivalent: True if the caller should promote it."""
     if policy == "error":
-        raise ConfigError(f"quantizer {qz.name}: {why}; ONNX Runtime runs 8-bit integer kernels only "
-                          f"(policy must be one of {list(POLICIES)}; 'error' refuses such points)")
+        raise ConfigError(f"quantizer {qz.name}: {why} have no ONNX Runtime integer kernel; set policy to "
+                          f"'promote' (8 bit) or 'float' (policy must be one of {list(POLICIES)})")
     if policy == "float":
-        points.add(qz, "float", f"{why}: kept float")
+        points.add(qz, "float", f"{why}: kept float", exact=False)
         return False
     return True
 
@@ -103,12 +106,12 @@ def activation_qdq(qz: Quantizer, policy: str, points: _Points, axis_map: int | 
         return nn.Identity()
     spec = qz.spec
     if spec.bits > 8:
-        points.add(qz, "float", f"{spec.bits}-bit activations have no integer kernel: kept float")
+        points.add(qz, "float", f"{spec.bits}-bit activations have no integer kernel: kept float", exact=False)
         return nn.Identity()
     if isinstance(qz, Log2Quantizer):
-        if not _unsupported(qz, "log2 quantization has no ONNX operator", policy, points):
+        if not _unsupported(qz, "log2 probabilities", policy, points):
             return nn.Identity()
-        points.add(qz, "uint8", "log2 promoted to uniform uint8 on [0, 1]")
+        points.add(qz, "uint8", "log2 promoted to uniform uint8 on [0, 1]", exact=False)
         return QDQ(torch.tensor(1.0 / 255.0), torch.tensor(0.0), signed=False)
     if isinstance(qz, PTFQuantizer):
         scale = qz.scale * torch.exp2(qz.alpha.float())  # (C,): s·2^α_c, shared zero point
@@ -116,7 +119,7 @@ def activation_qdq(qz: Quantizer, policy: str, points: _Points, axis_map: int | 
         return _uniform_qdq(qz, scale, zero, False, -1, spec.bits, policy, points, "PTF as per-channel QDQ")
     assert isinstance(qz, UniformQuantizer)
     if spec.granularity == "token":
-        points.add(qz, "float", "dynamic per-token ranges have no static scale: kept float")
+        points.add(qz, "float", "dynamic per-token ranges have no static scale: kept float", exact=False)
         return nn.Identity()
     if spec.granularity == "group":
         raise ConfigError(f"quantizer {qz.name}: granularity 'group' is exported for weights only")
@@ -135,7 +138,7 @@ def _uniform_qdq(qz: Quantizer, scale: torch.Tensor, zero: torch.Tensor, signed:
     qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
     lo, hi = (qmin - zero) * scale, (qmax - zero) * scale
     s8, z8 = _promoted_8bit(lo, hi)
-    points.add(qz, "uint8", "; ".join(filter(None, [note, f"{bits}-bit range promoted to 8 bit"])))
+    points.add(qz, "uint8", "; ".join(filter(None, [note, f"{bits}-bit range promoted to 8 bit"])), exact=False)
     return QDQ(s8, z8, False, axis)
 
 
@@ -160,7 +163,7 @@ def _export_weight(m: QuantLinear | QuantConv2d, points: _Points, transpose: boo
     qz, w = m.weight_quantizer, m.weight.detach()
     if not qz.active or qz.spec.bits > 8:
         if qz.active:
-            points.add(qz, "float", f"{qz.spec.bits}-bit weights have no integer kernel: kept float")
+            points.add(qz, "float", f"{qz.spec.bits}-bit weights have no integer kernel: kept float", exact=False)
         return None, None, m.quantized_weight().detach()
     if not isinstance(qz, UniformQuantizer) or qz.spec.granularity == "token":
         raise ConfigError(f"quantizer {qz.name}: weights must be uniform per tensor/channel/group to export, "
@@ -180,7 +183,7 @@ def _export_weight(m: QuantLinear | QuantConv2d, points: _Points, transpose: boo
         signed_codes = signed_codes.t().contiguous()  # (in, out): DequantizeLinear feeds MatMul
     dq = DequantizeWeight(signed_codes, scale, axis=1 if transpose else 0)
     dq.zero_point.copy_(zero.to(torch.int8))
-    points.add(qz, "int8", "" if qz.spec.bits == 8 else f"{qz.spec.bits}-bit codes stored in int8 (exact)")
+    points.add(qz, "int8", "" if qz.spec.bits == 8 else f"{qz.spec.bits}-bit codes stored in int8")
     return dq, offset, None
 
 

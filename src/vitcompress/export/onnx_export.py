@@ -56,7 +56,7 @@ class ExportReport:
     @property
     def changed_points(self) -> list[PointExport]:
         """Points exported differently from the recipe (promoted to 8 bit, or kept float)."""
-        return [p for p in self.points if p.note and not p.note.startswith("PTF")]
+        return [p for p in self.points if not p.exact]
 
     def to_dict(self) -> dict:
         return {"path": self.path, "precision": self.precision, "opset": self.opset,
@@ -91,7 +91,7 @@ def _float_copy(model: nn.Module) -> nn.Module:
     return out
 
 
-def _check_args(precision: str, opset: int, policy: str, path: Path) -> None:
+def check_export_args(precision: str, opset: int, policy: str, path: Path) -> None:
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if opset not in OPSETS:
@@ -125,7 +125,7 @@ def export_onnx(model: nn.Module, path: str | Path, precision: str = "auto", ops
         DataError: the output folder does not exist.
     """
     path = Path(path)
-    _check_args(precision, opset, policy, path)
+    check_export_args(precision, opset, policy, path)
     quantized = is_quantized(model)
     if precision == "int8" and not quantized:
         raise StateError("precision 'int8' needs a quantized model (run vitcompress.quantize_ first); "
