@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--evolq", action="store_true", help="refine the PTQ scales with Evol-Q (docs/evolq.md)")
+    p.add_argument("--passes", type=int, default=None, help="Evol-Q passes over all blocks (default 10)")
+    p.add_argument("--cycles", type=int, default=None, help="Evol-Q mutations per block and pass (default 3)")
+    p.add_argument("--fitness", default=None, help="Evol-Q fitness: infonce (default), mse, cosine, kl")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted Evol-Q run in --out")
     p = sub.add_parser("allocate", help="F-LBQ bit allocation from distortion curves (DP or Lagrangian)")
     from vitcompress.search.bitalloc.cli import add_arguments as add_allocate_arguments
 
@@ -235,13 +240,28 @@ def _cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evolq_config(args: argparse.Namespace):
+    """EvolQConfig from compress's flags (None without --evolq; Evol-Q flags alone are an error)."""
+    flags = {k: getattr(args, k) for k in ("passes", "cycles", "fitness") if getattr(args, k) is not None}
+    if not args.evolq:
+        if flags or args.resume:
+            raise VitCompressError(f"--{next(iter(flags), 'resume')} needs --evolq")
+        return None
+    from vitcompress.search.evolq import EvolQConfig
+    from vitcompress.search.evolq.allocator import keep_freed_memory
+
+    keep_freed_memory()  # this process owns its allocator: ~3x faster search (allocator.py)
+    return EvolQConfig(calib_size=args.calib_size, seed=args.seed, **flags)
+
+
 @command("compress")
 def _compress(args: argparse.Namespace) -> int:
     from vitcompress.config import resolve_recipe
     from vitcompress.pipeline import CompressJob, run_compress
 
     job = CompressJob(model=args.model, recipe=resolve_recipe(args.recipe), calib_size=args.calib_size,
-                      seed=args.seed, data_root=args.data_root, eval_limit=args.limit)
+                      seed=args.seed, data_root=args.data_root, eval_limit=args.limit,
+                      evolq=_evolq_config(args), evolq_resume=args.resume)
     m = run_compress(job, args.out)
     print(f"{args.model} / {job.recipe.name}: top-1 {m['fp_top1']:.2f} -> {m['q_top1']:.2f} "
           f"({m['q_top1'] - m['fp_top1']:+.2f} pt), rel. BOPs {m['rel_bops']:.4f}, size "

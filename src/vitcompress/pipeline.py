@@ -24,6 +24,7 @@ from vitcompress.quantize import quantize_, save
 from vitcompress.report.analysis import layer_stats
 from vitcompress.report.charts import bar_chart
 from vitcompress.report.markdown import compression_report
+from vitcompress.search.evolq import EvolQConfig, evolq_
 
 log = logging.getLogger(__name__)
 _FP_METRICS: dict[tuple, object] = {}
@@ -41,6 +42,8 @@ class CompressJob:
     data_root: str | None = None
     eval_limit: int | None = None
     progress: bool = True
+    evolq: EvolQConfig | None = None  # Evol-Q refinement after PTQ (state in OUT/evolq_state.pt)
+    evolq_resume: bool = False
 
 
 def run_compress(job: CompressJob, out_dir: str | Path | None = None) -> dict:
@@ -64,6 +67,10 @@ def run_compress(job: CompressJob, out_dir: str | Path | None = None) -> dict:
     quantize_(model, job.recipe, calib, batch_size=job.calib_batch_size, progress=job.progress)
     ptq_seconds = time.perf_counter() - t_q
     q = evaluate(model, test, limit=job.eval_limit, progress=job.progress)
+    evolq_metrics = {}
+    if job.evolq is not None:  # q_top1 is then Evol-Q's; ptq_top1 keeps the PTQ number
+        evolq_metrics = {"ptq_top1": q.top1, **_run_evolq(job, model, calib, test, out_dir)}
+        q = evaluate(model, test, limit=job.eval_limit, progress=job.progress)
     q_cost = cost(model)
     metrics = {
         "model": job.model, "recipe": job.recipe.name, "seed": job.seed,
@@ -71,13 +78,28 @@ def run_compress(job: CompressJob, out_dir: str | Path | None = None) -> dict:
         "fp_loss": fp.loss, "q_loss": q.loss, "eval_images": q.images,
         "macs": q_cost.macs, "bops": q_cost.bops, "fp_bops": fp_cost.bops, "rel_bops": q_cost.rel_bops,
         "size_bytes": q_cost.size_bytes, "fp_size_bytes": fp_cost.size_bytes,
-        "calib_size": job.calib_size, "ptq_seconds": ptq_seconds,
+        "calib_size": job.calib_size, "ptq_seconds": ptq_seconds, **evolq_metrics,
     }
     if out_dir is not None:
         batch = next(iter(make_loader(calib, job.calib_batch_size)))[0]
         _write_outputs(Path(out_dir), model, float_model, batch, metrics, t0)
     metrics["seconds"] = time.perf_counter() - t0
     return metrics
+
+
+def _run_evolq(job: CompressJob, model: torch.nn.Module, calib, test, out_dir: str | Path | None) -> dict:
+    """Evol-Q on the PTQ model (same calibration subset, its first ``calib_size`` images); the test
+    top-1 is logged after every pass but never used for selection."""
+    state = None
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        state = Path(out_dir) / "evolq_state.pt"
+    evolq_calib = calib
+    if job.evolq.calib_size > job.calib_size:
+        evolq_calib = calibration_subset(calib.dataset, job.evolq.calib_size, seed=job.seed)
+    result = evolq_(model, evolq_calib, job.evolq, eval_data=test, eval_limit=job.eval_limit, state_path=state,
+                    resume=job.evolq_resume, progress=job.progress)
+    return {"evolq": result.to_dict(), "evolq_seconds": result.seconds}
 
 
 def _write_outputs(out: Path, model: torch.nn.Module, float_model: torch.nn.Module, batch: torch.Tensor,

@@ -1,0 +1,49 @@
+"""``vitcompress compress --evolq``: metrics history, resumable state, flag errors (reference model, tiny search)."""
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from vitcompress.cli import main
+from vitcompress.data import DEFAULT_FMNIST_ROOT
+from vitcompress.models.zoo import ZOO
+
+ready = pytest.mark.skipif(
+    not (DEFAULT_FMNIST_ROOT / "t10k-labels-idx1-ubyte.gz").is_file() or not ZOO["vit-fmnist"].checkpoint.is_file(),
+    reason="needs dataset-fashion-mnist and the shipped checkpoints",
+)
+ARGS = ["compress", "--model", "vit-fmnist", "--recipe", "w4a8", "--calib-size", "64", "--limit", "200",
+        "--threads", "1", "--evolq", "--passes", "2", "--cycles", "1", "--fitness", "infonce"]
+
+
+@ready
+def test_compress_evolq_writes_history_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(ARGS + ["--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    history = m["evolq"]["history"]
+    assert [h["pass"] for h in history] == [0, 1, 2]
+    assert all(h["top1"] is not None and h["fitness"] > 0 for h in history)
+    assert history[0]["top1"] == m["ptq_top1"] and history[-1]["top1"] == m["q_top1"]  # eval: same 200 images
+    assert history[2]["fitness"] <= history[1]["fitness"] <= history[0]["fitness"]
+    assert m["evolq"]["config"]["passes"] == 2 and m["evolq"]["config"]["calib_size"] == 64
+    assert m["evolq"]["evaluations"] == 2 * 6 * 1 and (out / "evolq_state.pt").is_file()
+    scales = load_file(out / "model" / "model.safetensors")
+    # the same command again would overwrite a run: an error, exit status 2
+    assert main(ARGS + ["--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    # --resume of the finished run does no new work and writes the same scales
+    assert main(ARGS + ["--out", str(out), "--resume"]) == 0
+    again = load_file(out / "model" / "model.safetensors")
+    assert all((again[k] == v).all() for k, v in scales.items() if k.endswith("weight_quantizer.scale"))
+    assert json.loads((out / "metrics.json").read_text())["evolq"]["resumed"] is True
+
+
+@ready
+def test_evolq_flags_need_evolq_and_valid_values(tmp_path, capsys):
+    base = ["compress", "--model", "vit-fmnist", "--recipe", "w4a8", "--out", str(tmp_path / "x")]
+    assert main(base + ["--passes", "3"]) == 2
+    assert "--passes needs --evolq" in capsys.readouterr().err
+    assert main(base + ["--evolq", "--fitness", "l2", "--calib-size", "64", "--limit", "10"]) == 2
+    assert "fitness must be one of ['infonce', 'mse', 'cosine', 'kl']" in capsys.readouterr().err
