@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from vitcompress.cli import main
@@ -47,3 +48,36 @@ def test_evolq_flags_need_evolq_and_valid_values(tmp_path, capsys):
     assert "--passes needs --evolq" in capsys.readouterr().err
     assert main(base + ["--evolq", "--fitness", "l2", "--calib-size", "64", "--limit", "10"]) == 2
     assert "fitness must be one of ['infonce', 'mse', 'cosine', 'kl']" in capsys.readouterr().err
+
+
+@ready
+@pytest.mark.slow
+def test_sigkilled_compress_resumes_to_the_scales_of_an_uninterrupted_run(tmp_path):
+    """A real kill (SIGKILL, no clean-up) after the first saved block, then --resume, against one clean run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["compress", "--model", "vit-fmnist", "--recipe", "w4a8", "--calib-size", "64", "--limit", "100",
+            "--threads", "1", "--evolq", "--passes", "3", "--cycles", "2"]
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    assert main(args + ["--out", str(clean)]) == 0
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "vitcompress.cli", *args, "--out", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / "evolq_state.pt"
+    deadline = time.monotonic() + 240
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists()
+    assert main(args + ["--out", str(killed), "--resume"]) == 0
+    a, b = load_file(clean / "model" / "model.safetensors"), load_file(killed / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ha = json.loads((clean / "metrics.json").read_text())["evolq"]["history"]
+    hb = json.loads((killed / "metrics.json").read_text())["evolq"]["history"]
+    assert [h["fitness"] for h in ha] == [h["fitness"] for h in hb]
