@@ -161,9 +161,10 @@ def weight_codes(qz: UniformQuantizer, w: torch.Tensor) -> tuple[torch.Tensor, t
 def _export_weight(m: QuantLinear | QuantConv2d, points: _Points, transpose: bool):
     """``(DequantizeWeight | None, offset d | None, float weight | None)`` for a linear/conv layer."""
     qz, w = m.weight_quantizer, m.weight.detach()
-    if not qz.active or qz.spec.bits > 8:
-        if qz.active:
-            points.add(qz, "float", f"{qz.spec.bits}-bit weights have no integer kernel: kept float", exact=False)
+    bits = int(qz.group_bits.max()) if qz.spec.granularity == "group" else qz.spec.bits
+    if not qz.active or bits > 8:
+        if qz.active:  # float weights carry the fake-quant values: same numerics, no integer kernel
+            points.add(qz, "float", f"{bits}-bit weights have no int8 kernel: kept float (fake-quant values)")
         return None, None, m.quantized_weight().detach()
     if not isinstance(qz, UniformQuantizer) or qz.spec.granularity == "token":
         raise ConfigError(f"quantizer {qz.name}: weights must be uniform per tensor/channel/group to export, "
@@ -188,7 +189,13 @@ def _export_weight(m: QuantLinear | QuantConv2d, points: _Points, transpose: boo
 
 
 class ExportLinear(nn.Module):
-    """``y = Q(x) @ DQ(Wᵀ) (+ d ⊗ Σx) + b``."""
+    """``y = Q(x) @ DQ(Wᵀ) (+ d ⊗ Σx) + b``.
+
+    Two details keep ORT's QDQ fusion (``DQ → MatMul → Add`` to ``MatMulIntegerToFloat``) working:
+    a 2-D input (the head) runs as (B, 1, C), since ORT first fuses a 2-D ``MatMul + Add`` into a
+    float ``Gemm``; a layer without bias gets a zero bias, since a bare ``MatMul`` whose output
+    feeds several nodes (Swin's patch merging) is left float.
+    """
 
     def __init__(self, m: QuantLinear, policy: str, points: _Points):
         super().__init__()
@@ -196,14 +203,17 @@ class ExportLinear(nn.Module):
         self.weight_dq, offset, w_float = _export_weight(m, points, transpose=True)
         self.register_buffer("w_float", None if w_float is None else w_float.t().contiguous())
         self.register_buffer("offset", offset)
-        self.register_buffer("bias", None if m.bias is None else m.bias.detach().clone())
+        bias = torch.zeros(m.out_features) if m.bias is None else m.bias.detach().clone()
+        self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.input_qdq(x)
+        flat = x.dim() == 2
+        x = self.input_qdq(x.unsqueeze(1) if flat else x)  # (B, 1, C): see the class docstring
         y = x @ (self.w_float if self.weight_dq is None else self.weight_dq())
         if self.offset is not None:
             y = y + x.sum(-1, keepdim=True) * self.offset
-        return y if self.bias is None else y + self.bias
+        y = y + self.bias
+        return y.squeeze(1) if flat else y
 
 
 class ExportConv2d(nn.Module):
