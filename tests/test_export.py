@@ -75,6 +75,13 @@ def test_qdq_forward_equals_fake_quant_exactly():
     assert torch.equal(qc(x), fake_quant(x, scale, zero, 0, 255))
 
 
+def test_qdq_folded_factor_scales_the_dequantized_values():
+    x = torch.randn(3, 5, 8)
+    plain = QDQ(torch.tensor(0.02), torch.tensor(128.0), signed=False)
+    folded = QDQ(torch.tensor(0.02), torch.tensor(128.0), signed=False, factor=0.125)
+    assert torch.allclose(folded(x), plain(x) * 0.125, rtol=1e-6, atol=0)  # same codes, scale 0.02·0.125
+
+
 def test_dequantize_weight_equals_weight_quantizer_exactly():
     w = torch.randn(12, 20)
     for bits in (8, 4):

@@ -12,8 +12,9 @@ function with ops the ONNX exporter writes as ``QuantizeLinear``/``DequantizeLin
   (same codes) and ``d`` becomes ``d ⊗ Σ_k x_k`` added to the output, exact in real arithmetic.
 - activations: ``QuantizeLinear → DequantizeLinear`` with the quantizer's scale and zero point
   (uint8 for asymmetric, int8 for symmetric grids; PTF as one scale per channel of the last axis).
-- attention: ``Q(q) @ Q(kᵀ)`` then ``× scale`` (the fake-quant model scales q before the matmul;
-  same values up to float rounding), so both attention matmuls see ``DequantizeLinear`` inputs.
+- attention: ``Q(q) @ Q(kᵀ)`` with the attention scale folded into q's ``DequantizeLinear`` scale
+  (the fake-quant model computes ``(Q(q)·scale) @ Q(k)ᵀ``: the same values up to float rounding), so
+  both attention matmuls see ``DequantizeLinear`` inputs and no ``Mul`` runs on the scores.
 
 Points ONNX Runtime cannot run at their bit width are handled by ``policy`` and reported one by one
 (:class:`PointExport`): ``promote`` maps them to 8 bit (activations of 2..7 bits keep their range on
@@ -92,7 +93,8 @@ def _unsupported(qz: Quantizer, why: str, policy: str, points: _Points) -> bool:
     return True
 
 
-def activation_qdq(qz: Quantizer, policy: str, points: _Points, axis_map: int | None = None) -> nn.Module:
+def activation_qdq(qz: Quantizer, policy: str, points: _Points, axis_map: int | None = None,
+                   factor: float = 1.0) -> nn.Module:
     """The export module of an activation quantizer: a :class:`QDQ`, or ``nn.Identity`` (float).
 
     Args:
@@ -101,6 +103,7 @@ def activation_qdq(qz: Quantizer, policy: str, points: _Points, axis_map: int | 
         points: receives one :class:`PointExport`.
         axis_map: channel axis of the exported tensor, if it differs from ``qz.channel_axis``
             (k is quantized after its transpose).
+        factor: constant folded into the de-quantization scale (see :class:`QDQ`); uniform only.
     """
     if not qz.active:
         return nn.Identity()
@@ -125,21 +128,21 @@ def activation_qdq(qz: Quantizer, policy: str, points: _Points, axis_map: int | 
         raise ConfigError(f"quantizer {qz.name}: granularity 'group' is exported for weights only")
     scale, zero = qz.scale, qz.zero_point
     axis = None if scale.dim() == 0 else (qz.channel_axis if axis_map is None else axis_map)
-    return _uniform_qdq(qz, scale, zero, qz.symmetric, axis, spec.bits, policy, points, "")
+    return _uniform_qdq(qz, scale, zero, qz.symmetric, axis, spec.bits, policy, points, "", factor)
 
 
 def _uniform_qdq(qz: Quantizer, scale: torch.Tensor, zero: torch.Tensor, signed: bool, axis: int | None,
-                 bits: int, policy: str, points: _Points, note: str) -> nn.Module:
+                 bits: int, policy: str, points: _Points, note: str, factor: float = 1.0) -> nn.Module:
     if bits == 8:
         points.add(qz, "int8" if signed else "uint8", note)
-        return QDQ(scale, zero, signed, axis)
+        return QDQ(scale, zero, signed, axis, factor)
     if not _unsupported(qz, f"{bits}-bit activations", policy, points):
         return nn.Identity()
     qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
     lo, hi = (qmin - zero) * scale, (qmax - zero) * scale
     s8, z8 = _promoted_8bit(lo, hi)
     points.add(qz, "uint8", "; ".join(filter(None, [note, f"{bits}-bit range promoted to 8 bit"])), exact=False)
-    return QDQ(s8, z8, False, axis)
+    return QDQ(s8, z8, False, axis, factor)
 
 
 # ---- weights -------------------------------------------------------------------------------------
@@ -260,14 +263,17 @@ class _ExportAttnBase(nn.Module):
     def _init_quant(self, m: nn.Module, policy: str, points: _Points) -> None:
         self.num_heads, self.scale = m.num_heads, m.scale
         self.qkv, self.proj = m.qkv, m.proj  # already converted (children first)
-        self.q_qdq = activation_qdq(m.q_quantizer, policy, points)
+        # the attention scale 1/√d is folded into q's de-quantization scale where q is quantized
+        self.q_qdq = activation_qdq(m.q_quantizer, policy, points, factor=float(m.scale))
+        self.scale_folded = isinstance(self.q_qdq, QDQ)
         # k is quantized after its transpose (so DequantizeLinear feeds MatMul): channels move to -2
         self.k_qdq = activation_qdq(m.k_quantizer, policy, points, axis_map=-2)
         self.v_qdq = activation_qdq(m.v_quantizer, policy, points)
         self.probs_qdq = activation_qdq(m.probs_quantizer, policy, points)
 
     def _scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        return (self.q_qdq(q) @ self.k_qdq(k.transpose(-2, -1))) * self.scale  # (B, H, N, N)
+        scores = self.q_qdq(q) @ self.k_qdq(k.transpose(-2, -1))  # (B, H, N, N)
+        return scores if self.scale_folded else scores * self.scale
 
     def _mix(self, scores: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.probs_qdq(scores.softmax(dim=-1)) @ self.v_qdq(v)  # (B, H, N, Dh)

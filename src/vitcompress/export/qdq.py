@@ -33,15 +33,18 @@ def _broadcast(t: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tens
 
 class _QuantizeDequantize(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, scale, zero_point, axis, qmin, qmax):  # noqa: D102
+    def forward(ctx, x, scale, zero_point, dq_scale, axis, qmin, qmax):  # noqa: D102
         z = zero_point.to(scale.dtype)
-        return fake_quant(x, _broadcast(scale, x, axis), _broadcast(z, x, axis), qmin, qmax).to(x.dtype)
+        y = fake_quant(x, _broadcast(scale, x, axis), _broadcast(z, x, axis), qmin, qmax)
+        if dq_scale is not scale:  # a folded constant factor: (code − z)·(s·factor)
+            y = y / _broadcast(scale, x, axis) * _broadcast(dq_scale, x, axis)
+        return y.to(x.dtype)
 
     @staticmethod
-    def symbolic(g, x, scale, zero_point, axis, qmin, qmax):  # noqa: D102
+    def symbolic(g, x, scale, zero_point, dq_scale, axis, qmin, qmax):  # noqa: D102
         kw = {} if axis is None else {"axis_i": axis}
         q = g.op("QuantizeLinear", x, scale, zero_point, **kw)
-        return g.op("DequantizeLinear", q, scale, zero_point, **kw)
+        return g.op("DequantizeLinear", q, dq_scale, zero_point, **kw)
 
 
 class _Dequantize(torch.autograd.Function):
@@ -64,18 +67,23 @@ class QDQ(nn.Module):
         zero_point: same shape; integer values in the 8-bit grid.
         signed: int8 grid ``[−128, 127]`` if True, else uint8 ``[0, 255]``.
         axis: channel axis for per-channel scales (None: per tensor).
+        factor: a constant the de-quantized values are multiplied by, folded into the
+            ``DequantizeLinear`` scale (the attention scale 1/√d on q: one ``Mul`` less per head).
     """
 
-    def __init__(self, scale: torch.Tensor, zero_point: torch.Tensor, signed: bool, axis: int | None = None):
+    def __init__(self, scale: torch.Tensor, zero_point: torch.Tensor, signed: bool, axis: int | None = None,
+                 factor: float = 1.0):
         super().__init__()
         dtype = torch.int8 if signed else torch.uint8
         self.register_buffer("scale", scale.detach().float().clone())
+        self.register_buffer("dq_scale", None if factor == 1.0 else self.scale * factor)
         self.register_buffer("zero_point", zero_point.detach().round().to(dtype))
         self.axis = axis if scale.dim() else None
         self.qmin, self.qmax = (-128, 127) if signed else (0, 255)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _QuantizeDequantize.apply(x, self.scale, self.zero_point, self.axis, self.qmin, self.qmax)
+        dq_scale = self.scale if self.dq_scale is None else self.dq_scale
+        return _QuantizeDequantize.apply(x, self.scale, self.zero_point, dq_scale, self.axis, self.qmin, self.qmax)
 
     def extra_repr(self) -> str:
         kind = "int8" if self.qmin < 0 else "uint8"
