@@ -17,6 +17,7 @@ from typing import Any
 from vitcompress.errors import ConfigError
 
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
+GROUP_BITS = (2, 3, 4, 5, 6, 7, 8, 16)  # per-group bit widths (a group cannot be "off")
 SCHEMES = ("symmetric", "asymmetric", "log2", "ptf")
 GRANULARITIES = ("tensor", "channel", "group", "token")
 OBSERVERS = ("minmax", "percentile", "omse", "mse")
@@ -39,6 +40,8 @@ class QuantSpec:
         granularity: ``tensor``; ``channel`` (per output channel, weights); ``group`` (``group_size``
             consecutive output channels share a scale and a bit width); ``token`` (dynamic per token).
         group_size: channels per group, for ``granularity="group"``.
+        group_bits: optional bit width of every group (F-LBQ plans), one per group in channel order,
+            each in 2..8 or 16; ``None``: every group at ``bits``. Only with ``granularity="group"``.
         observer: range estimation: ``minmax``, ``percentile``, ``omse`` (shrink the range by 1 % steps,
             keep the least MSE) or ``mse`` (finer search of the clipping range by least MSE).
         percentile: for ``observer="percentile"``, in (50, 100].
@@ -52,6 +55,7 @@ class QuantSpec:
     observer: str = "minmax"
     percentile: float = 99.99
     learnable: bool = False
+    group_bits: tuple[int, ...] | None = None  # last: positional construction keeps working
 
     def __post_init__(self) -> None:
         _check("bits", self.bits, ALLOWED_BITS)
@@ -64,6 +68,17 @@ class QuantSpec:
                                   f"got {self.group_size!r}")
         elif self.group_size is not None:
             raise ConfigError(f"group_size is only allowed with granularity 'group', got {self.group_size!r}")
+        if self.group_bits is not None:
+            if self.granularity != "group":
+                raise ConfigError(f"group_bits is only allowed with granularity 'group', got {self.granularity!r}")
+            if isinstance(self.group_bits, str) or not hasattr(self.group_bits, "__iter__"):
+                raise ConfigError(f"group_bits must be a list of bit widths, got {self.group_bits!r}")
+            gb = tuple(self.group_bits)
+            bad = [b for b in gb if isinstance(b, bool) or b not in GROUP_BITS]
+            if not gb or bad:
+                raise ConfigError(f"group_bits must be a non-empty list of values in {list(GROUP_BITS)}, "
+                                  f"got {bad[0] if bad else '[]'!r}")
+            object.__setattr__(self, "group_bits", tuple(int(b) for b in gb))
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile!r}")
         if self.scheme in ("log2", "ptf") and self.granularity != "tensor":
@@ -74,7 +89,12 @@ class QuantSpec:
         return self.bits < 32
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["group_bits"] is None:  # keep recipes written before group_bits existed byte-identical
+            del d["group_bits"]
+        else:
+            d["group_bits"] = list(d["group_bits"])
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "QuantSpec") -> QuantSpec:

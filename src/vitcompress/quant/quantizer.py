@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vitcompress.config import QuantSpec
+from vitcompress.config import GROUP_BITS, QuantSpec
 from vitcompress.errors import ConfigError, DataError
 from vitcompress.quant.functional import (
     fake_quant,
@@ -41,7 +41,6 @@ from vitcompress.quant.observers import (
 
 log = logging.getLogger(__name__)
 
-GROUP_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 ROW_BINS = 512  # per-channel/group streaming histograms (activations observed over several batches)
 
 
@@ -144,6 +143,11 @@ class UniformQuantizer(Quantizer):
         self.register_buffer("zero_point", torch.zeros(shape))
         if spec.granularity == "group":
             self.register_buffer("group_bits", torch.full(shape, spec.bits, dtype=torch.int64))
+            if spec.group_bits is not None:
+                if len(spec.group_bits) != shape[0]:
+                    raise ConfigError(f"group_bits of quantizer {self.name} must have {shape[0]} values (one per "
+                                      f"group of {spec.group_size} channels), got {len(spec.group_bits)}")
+                self.group_bits.copy_(torch.tensor(spec.group_bits, dtype=torch.int64))
         if spec.granularity == "token":
             self.calibrated.fill_(True)  # dynamic: nothing to calibrate
         self._hist: RowHistogram | None = None

@@ -23,17 +23,19 @@ MAX_TABLE_ROWS = 64
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``allocate`` options to ``parser``."""
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--curves",
-        required=True,
-        help='distortion curves: JSON {"units": [{"name", "size", "bits", "distortion"}, ...]} or .npz',
+        help='solver only: distortion curves, JSON {"units": [{"name", "size", "bits", "distortion"}, ...]} or .npz',
     )
+    source.add_argument("--model", help="end to end: measure the curves of this zoo model, allocate, quantize, "
+                        "evaluate and report into --out DIR")
     parser.add_argument("--budget", type=float, required=True, help="target average bits per weight B")
     parser.add_argument(
         "--solver",
-        required=True,
+        default="dp",
         choices=sorted(SOLVERS),
-        help="dp: exact knapsack (F-LBQ-DP); lg: Lagrangian binary search (F-LBQ-LG)",
+        help="dp: exact knapsack (F-LBQ-DP, default); lg: Lagrangian binary search (F-LBQ-LG)",
     )
     floor = parser.add_mutually_exclusive_group()
     floor.add_argument("--min-bits", type=int, default=None, help="no unit below this bit width")
@@ -41,8 +43,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--margin", type=float, default=None, help="minimum bit width ceil(B - margin) (seed 003: 1 or 2)"
     )
     parser.add_argument("--eps", type=float, default=0.02, help="lg only: tolerance on the average bits")
-    parser.add_argument("--out", default=None, help="also write the full plan (BitPlan JSON) to this file")
+    parser.add_argument("--out", default=None, help="with --curves: also write the plan (BitPlan JSON) to this file; "
+                        "with --model: the output folder (required)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    m = parser.add_argument_group("with --model")
+    m.add_argument("--unit", default="layer", help="'layer' or 'group:G' (G output channels per unit)")
+    m.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 5, 6, 7, 8], help="candidate bit widths")
+    m.add_argument("--n-images", type=int, default=64, help="calibration images for the curves (seed 003: 64)")
+    m.add_argument("--calib-size", type=int, default=1000, help="calibration images for the activation ranges")
+    m.add_argument("--act-bits", type=int, default=8, help="bits of every activation point")
+    m.add_argument("--head-bits", type=int, default=8, help="uniform bits of the classifier weights")
+    m.add_argument("--target", default="pre_logits", choices=["pre_logits", "logits"], help="features compared")
+    m.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
+    m.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
+    m.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files")
+    m.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
 def run(args: argparse.Namespace) -> int:
