@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cycles", type=int, default=None, help="Evol-Q mutations per block and pass (default 3)")
     p.add_argument("--fitness", default=None, help="Evol-Q fitness: infonce (default), mse, cosine, kl")
     p.add_argument("--resume", action="store_true", help="continue an interrupted Evol-Q run in --out")
-    p = sub.add_parser("allocate", help="F-LBQ bit allocation from distortion curves (DP or Lagrangian)")
+    p = sub.add_parser("allocate", help="F-LBQ bit allocation: on a model end to end, or on distortion curves")
     from vitcompress.search.bitalloc.cli import add_arguments as add_allocate_arguments
 
     add_allocate_arguments(p)
@@ -175,9 +175,27 @@ def _mixaq(args: argparse.Namespace) -> int:
 
 @command("allocate")
 def _allocate(args: argparse.Namespace) -> int:
-    from vitcompress.search.bitalloc.cli import run
+    if args.curves:
+        from vitcompress.search.bitalloc.cli import run
 
-    return run(args)
+        return run(args)
+    from vitcompress.flbq import AllocateJob, run_allocate
+
+    if not args.out:
+        raise VitCompressError("--out DIR is required with --model (the output folder)")
+    job = AllocateJob(model=args.model, budget=args.budget, unit=args.unit, solver=args.solver, bits=tuple(args.bits),
+                      min_bits=args.min_bits, margin=args.margin, n_images=args.n_images, calib_size=args.calib_size,
+                      act_bits=args.act_bits, head_bits=args.head_bits, target=args.target, seed=args.seed,
+                      data_root=args.data_root, eval_limit=args.limit)
+    m = run_allocate(job, args.out)
+    if args.json:
+        print(json.dumps({k: v for k, v in m.items() if k != "layer_bits"}, indent=2))
+    else:
+        print(f"{args.model}: {m['avg_bits']:.3f} bits ({args.solver.upper()}, {m['units']} units), top-1 "
+              f"{m['fp_top1']:.2f} -> {m['q_top1']:.2f} ({m['q_top1'] - m['fp_top1']:+.2f} pt), distortion "
+              f"predicted {m['predicted_distortion']:.4g} / measured {m['measured_distortion']:.4g}, size "
+              f"{m['fp_size_bytes']:,} -> {m['size_bytes']:,} bytes; outputs in {args.out}")
+    return 0
 
 
 @command("export")
