@@ -4,8 +4,8 @@ calibration-size ablations, wall time. One experiment per process writes ``runs/
 and prints the markdown tables.
 
   python benchmarks/evolq.py table1  --model vit-fmnist --bits w4a8 --seeds 0 1 2 --pass-eval 2000
-  python benchmarks/evolq.py fitness --model vit-fmnist --bits w4a8 --fitness mse cosine kl
-  python benchmarks/evolq.py calib   --model vit-fmnist --bits w4a8 --sizes 128 512
+  python benchmarks/evolq.py fitness --model vit-fmnist --bits w4a8 --fitness infonce mse cosine kl --passes 3
+  python benchmarks/evolq.py calib   --model vit-fmnist --bits w4a8 --sizes 128 512 --passes 3
   python benchmarks/evolq.py merge
 
 Every run uses 1 torch thread (``--threads``), 1,000 PTQ calibration images (seeded subset of the
@@ -58,14 +58,15 @@ class TimedEval:
 
     def __init__(self, data, limit: int | None):
         self.data = Subset(data, range(min(limit or len(data), len(data))))
-        self.seconds = 0.0
+        self.seconds = self.cpu_seconds = 0.0
 
     def __iter__(self):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             yield from make_loader(self.data, 256)
         finally:
             self.seconds += time.perf_counter() - t0
+            self.cpu_seconds += time.process_time() - c0
 
 
 class Bench:
@@ -84,16 +85,18 @@ class Bench:
 
     def evolq(self, model, config: EvolQConfig, pass_eval: int | None, calib=None) -> dict:
         timed = TimedEval(self.test, pass_eval) if pass_eval else None
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         r = evolq_(model, calib if calib is not None else self.calib, config, eval_data=timed, progress=False)
-        wall = time.perf_counter() - t0
-        eval_s = timed.seconds if timed else 0.0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        eval_s, eval_cpu = (timed.seconds, timed.cpu_seconds) if timed else (0.0, 0.0)
+        # wall time is inflated on a shared machine; CPU time of a 1-thread run is what an idle core takes
         return {"config": config.to_dict(), "history": r.history, "evaluations": r.evaluations,
                 "wall_seconds": wall, "pass_eval_seconds": eval_s, "search_seconds": wall - eval_s,
-                "fitness_before": r.fitness_before, "fitness_after": r.fitness_after}
+                "search_cpu_seconds": cpu - eval_cpu, "fitness_before": r.fitness_before,
+                "fitness_after": r.fitness_after}
 
 
-def run_table1(args) -> dict:
+def run_table1(args, emit) -> dict:
     rows, runs = [], []
     for seed in args.seeds:
         bench = Bench(args.model, seed, args.data_root)
@@ -108,10 +111,11 @@ def run_table1(args) -> dict:
         runs.append(run)
         log.info("%s %s seed %d + Evol-Q: %.2f (search %.0f s)", args.model, args.bits, seed, rows[-1]["top1"],
                  run["search_seconds"])
+        emit({"rows": rows, "runs": runs})
     return {"rows": rows, "runs": runs}
 
 
-def run_fitness(args) -> dict:
+def run_fitness(args, emit) -> dict:
     bench = Bench(args.model, args.seed, args.data_root)
     ptq = get_preset(f"fqvit-{args.bits}")
     rows = []
@@ -121,10 +125,11 @@ def run_fitness(args) -> dict:
         rows.append({"fitness": name, "seed": args.seed, "top1": bench.top1(model, args.eval_limit), **run})
         log.info("%s %s fitness %s: %.2f (%.0f s)", args.model, args.bits, name, rows[-1]["top1"],
                  run["search_seconds"])
+        emit({"rows": rows})
     return {"rows": rows}
 
 
-def run_calib(args) -> dict:
+def run_calib(args, emit) -> dict:
     bench = Bench(args.model, args.seed, args.data_root)
     rows = []
     for n in args.sizes:
@@ -133,6 +138,7 @@ def run_calib(args) -> dict:
         run = bench.evolq(model, EvolQConfig(seed=args.seed, calib_size=n, passes=args.passes), None, calib)
         rows.append({"calib_size": n, "seed": args.seed, "top1": bench.top1(model, args.eval_limit), **run})
         log.info("%s %s calib %d: %.2f (%.0f s)", args.model, args.bits, n, rows[-1]["top1"], run["search_seconds"])
+        emit({"rows": rows})
     return {"rows": rows}
 
 
@@ -176,15 +182,16 @@ def merge(args) -> None:
     write_json(RESULTS / "evolq.json", {"parts": parts})
     print("## Table 1\n\n| model | bits | variant | seeds | top-1 (mean ± std) | per seed |\n"
           "|---|---|---|---|---:|---|")
+    by: dict[tuple, list] = {}  # (model, bits, variant) -> rows of every seed, over all parts
     for part in (p for p in parts if p["kind"] == "table1"):
-        by: dict[str, list] = {}
         for r in part["rows"]:
-            by.setdefault(r["variant"], []).append(r)
-        for variant, rs in by.items():
-            print(f"| {part['model']} | {part['bits']} | {variant} | {len(rs)} | {_mean_std([r['top1'] for r in rs])} "
-                  "| " + ", ".join(f"{r['top1']:.2f}" for r in rs) + " |")
-    print("\n## Runs\n\n| model | bits | experiment | seed | fitness before → after | search s | evals |\n"
-          "|---|---|---|---|---|---:|---:|")
+            by.setdefault((part["model"], part["bits"], r["variant"]), []).append(r)
+    for (model, bits, variant), rs in by.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        print(f"| {model} | {bits} | {variant} | {len(rs)} | {_mean_std([r['top1'] for r in rs])} | "
+              + ", ".join(f"{r['top1']:.2f}" for r in rs) + " |")
+    print("\n## Runs\n\n| model | bits | experiment | seed | passes | fitness before → after | search wall s | "
+          "search CPU s | evals |\n|---|---|---|---|---:|---|---:|---:|---:|")
     charts: dict[str, list] = {}
     for part in parts:
         runs = part.get("runs", []) + [r for r in part["rows"] if "history" in r]
@@ -192,9 +199,10 @@ def merge(args) -> None:
             what = run["config"]["fitness"]
             if part["kind"] == "calib":
                 what += f" calib {run['config']['calib_size']}"
+            cpu = run.get("search_cpu_seconds")
             print(f"| {part['model']} | {part['bits']} | {part['kind']} {what} | {run['seed']} | "
-                  f"{run['fitness_before']:.5f} → {run['fitness_after']:.5f} | {run['search_seconds']:.0f} | "
-                  f"{run['evaluations']} |")
+                  f"{run['config']['passes']} | {run['fitness_before']:.5f} → {run['fitness_after']:.5f} | "
+                  f"{run['search_seconds']:.0f} | {'—' if cpu is None else f'{cpu:.0f}'} | {run['evaluations']} |")
             if run["history"][0]["top1"] is not None:
                 charts.setdefault(part["model"], []).append({**run, "bits": part["bits"],
                                                              "pass_eval": part["args"].get("pass_eval")})
@@ -213,7 +221,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--passes", type=int, default=10)
-    p.add_argument("--fitness", nargs="+", default=["mse", "cosine", "kl"])
+    p.add_argument("--fitness", nargs="+", default=["infonce", "mse", "cosine", "kl"])
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 512])
     p.add_argument("--eval-limit", type=int, default=None, help="final top-1 on the first N test images")
     p.add_argument("--pass-eval", type=int, default=None, help="table1: per-pass top-1 on the first N test images")
@@ -228,14 +236,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     keep_freed_memory()
     t0 = time.perf_counter()
-    result = {"table1": run_table1, "fitness": run_fitness, "calib": run_calib}[args.kind](args)
     env = f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
     RUNS.mkdir(parents=True, exist_ok=True)
     tag = args.tag or f"{args.kind}_{args.model}_{args.bits}"
-    write_json(RUNS / f"{tag}.json", {"kind": args.kind, "model": args.model, "bits": args.bits,
-                                      "command": "python benchmarks/evolq.py " + " ".join(sys.argv[1:]),
-                                      "environment": env, "seconds": time.perf_counter() - t0,
-                                      "args": vars(args), **result})
+
+    def emit(result: dict, done: bool = False) -> None:  # after every row: a killed run keeps what it did
+        write_json(RUNS / f"{tag}.json", {"kind": args.kind, "model": args.model, "bits": args.bits,
+                                          "command": "python benchmarks/evolq.py " + " ".join(sys.argv[1:]),
+                                          "environment": env, "seconds": time.perf_counter() - t0, "done": done,
+                                          "args": vars(args), **result})
+
+    result = {"table1": run_table1, "fitness": run_fitness, "calib": run_calib}[args.kind](args, emit)
+    emit(result, done=True)
 
 
 if __name__ == "__main__":
