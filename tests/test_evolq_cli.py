@@ -81,3 +81,15 @@ def test_sigkilled_compress_resumes_to_the_scales_of_an_uninterrupted_run(tmp_pa
     ha = json.loads((clean / "metrics.json").read_text())["evolq"]["history"]
     hb = json.loads((killed / "metrics.json").read_text())["evolq"]["history"]
     assert [h["fitness"] for h in ha] == [h["fitness"] for h in hb]
+
+
+@ready
+def test_docs_example_runs(tmp_path, monkeypatch, capsys, one_thread):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "evolq.md").read_text()
+    monkeypatch.chdir(tmp_path)
+    exec(compile(re.findall(r"```python\n(.*?)```", text, flags=re.S)[0], "docs/evolq.md", "exec"), {})
+    assert (tmp_path / "out" / "evolq_state.pt").is_file()
+    assert "'pass': 1" in capsys.readouterr().out
