@@ -256,3 +256,66 @@ def test_bench_reports_three_engines_and_bops(tmp_path):
     assert r["bops_ratio"] == pytest.approx(16.0)  # every operand at 8 bit: 32·32 / (8·8)
     assert "int8_vs_ort_fp32_b2" in r["speedups"] and r["kernels"]["integer"] >= 8
     assert "predicted by BOPs" in format_bench(r)
+
+
+# ---- reference models on Fashion-MNIST; 224×224 timm models ---------------------------------------
+def _zoo_ready() -> bool:
+    from vitcompress.data import DEFAULT_FMNIST_ROOT
+    from vitcompress.models.zoo import ZOO
+
+    return (DEFAULT_FMNIST_ROOT / "t10k-labels-idx1-ubyte.gz").is_file() and all(
+        ZOO[n].checkpoint.is_file() for n in ZOO)
+
+
+zoo_ready = pytest.mark.skipif(not _zoo_ready(), reason="needs dataset-fashion-mnist and the shipped checkpoints")
+
+
+def _int8_vs_fakequant_top1(name: str, images: int, tmp_path) -> tuple[float, float, float]:
+    from vitcompress.data import calibration_subset, load_dataset, make_loader
+    from vitcompress.models import input_spec_of, load_model
+
+    model = load_model(name)
+    spec = input_spec_of(model)
+    quantize_(model, get_preset("w8a8"), calibration_subset(load_dataset(spec, "train"), 128), progress=False)
+    export_onnx(model, tmp_path / "m.onnx")
+    ort = OrtModule(ort_session(tmp_path / "m.onnx", threads=1))
+    data = torch.utils.data.Subset(load_dataset(spec, "test"), range(images))
+    hits_fq = hits_ort = agree = 0
+    with torch.no_grad():
+        for x, y in make_loader(data, 250):
+            fq, q8 = model(x).argmax(1), ort(x).argmax(1)
+            hits_fq, hits_ort, agree = hits_fq + int((fq == y).sum()), hits_ort + int((q8 == y).sum()), \
+                agree + int((fq == q8).sum())
+    return 100.0 * hits_fq / images, 100.0 * hits_ort / images, 100.0 * agree / images
+
+
+@zoo_ready
+def test_vit_fmnist_int8_onnx_top1_within_0p3_of_fake_quant(tmp_path):
+    fq, q8, agree = _int8_vs_fakequant_top1("vit-fmnist", 500, tmp_path)
+    assert abs(q8 - fq) <= 0.3 and agree >= 99.0  # percent; full test set: docs/deploy.md
+
+
+@zoo_ready
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vit-fmnist", "swin-fmnist"])
+def test_reference_models_int8_onnx_top1_within_0p3_of_fake_quant_2000_images(name, tmp_path):
+    fq, q8, agree = _int8_vs_fakequant_top1(name, 2000, tmp_path)
+    assert abs(q8 - fq) <= 0.3 and agree >= 99.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["deit_small_patch16_224", "swin_tiny_patch4_window7_224"])
+def test_224_timm_models_export_and_run_integer(arch, tmp_path):
+    from vitcompress.models import load_model
+
+    model = load_model(f"timm:{arch}", num_classes=10)
+    g = torch.Generator().manual_seed(0)
+    quantize_(model, get_preset("w8a8"), [torch.randn(4, 3, 224, 224, generator=g)], progress=False)
+    export_onnx(model, tmp_path / "m.onnx")
+    k = kernel_counts(tmp_path / "m.onnx")
+    blocks = sum(1 for n, _ in model.named_modules() if n.endswith(".attn"))
+    assert k["integer"] >= 6 * blocks and k["ops"].get("MatMul", 0) == 0
+    x = torch.randn(2, 3, 224, 224, generator=g)
+    with torch.no_grad():
+        ref = model(x)
+    assert rel_err(ref, OrtModule(ort_session(tmp_path / "m.onnx", threads=1))(x)) < 0.1
