@@ -89,7 +89,6 @@ def test_curves_equal_a_full_rerun_of_the_model(build, unit, images):
     before = copy.deepcopy(model.state_dict())
     curves = measure_curves(model, [images], unit=unit, bits=(2, 4, 8), n_images=12, progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights restored
-    group = None if unit == "layer" else int(unit.split(":")[1])
     with torch.no_grad():
         ref = model.forward_head(model.forward_features(images), pre_logits=True)
     units = weight_units(model, unit, backbone_layers(model))
@@ -99,7 +98,7 @@ def test_curves_equal_a_full_rerun_of_the_model(build, unit, images):
             m = copy.deepcopy(model)
             w = m.get_submodule(u.layer).weight
             with torch.no_grad():
-                w[u.start:u.stop] = quantized_weight(w, b, group)[u.start:u.stop]
+                w[u.start:u.stop] = quantized_weight(w, b)[u.start:u.stop]
             with torch.no_grad():
                 got = m.forward_head(m.forward_features(images), pre_logits=True)
             full = float(((got - ref) ** 2).mean())

@@ -1,7 +1,8 @@
 """Turning a :class:`BitPlan` into a :class:`Recipe` the quantization core applies (METHODS.md §2.4).
 
 A layer unit becomes an exact-name override ``<layer>.weight: {bits: b}``; the groups of a layer
-become one override ``{granularity: group, group_size: G, group_bits: [...]}``. Weight scales use the
+become one override ``{granularity: group, group_size: 1, group_bits: [...]}``: every output channel
+keeps its own scale (as in the curves) and carries its group's bit width. Weight scales use the
 least-MSE search (``observer: mse``), as the curves were measured. Classifier layers get a uniform
 ``head_bits``. Activations follow the base recipe (8-bit by default). The recipe is plain data: it is
 saved with the model (``vitcompress.quantize.save``) and rebuilds the same mixed-precision model.
@@ -82,9 +83,9 @@ def plan_to_recipe(plan: BitPlan, model: nn.Module, base: Recipe | None = None, 
         if len(bits) == 1:
             overrides.append((f"{layer}.weight", {"bits": bits[0], "granularity": "channel", "observer": "mse"}))
             continue
-        group = _layer_weight(model, layer) // len(bits)
-        overrides.append((f"{layer}.weight", {"bits": max(bits), "granularity": "group", "group_size": group,
-                                              "group_bits": list(bits), "observer": "mse"}))
+        per_channel = [b for b in bits for _ in range(_layer_weight(model, layer) // len(bits))]
+        overrides.append((f"{layer}.weight", {"bits": max(bits), "granularity": "group", "group_size": 1,
+                                              "group_bits": per_channel, "observer": "mse"}))
     QuantSpec(head_bits, "symmetric", "channel")  # validates head_bits (names the field)
     overrides += [(f"{h}.weight", {"bits": head_bits}) for h in classifier_layers(model) if h not in plan.bits]
     recipe = replace(base, name=name or f"flbq-{plan.solver}-{plan.budget:g}", weight=weight)

@@ -1,9 +1,9 @@
 """Measuring F-LBQ distortion curves on a model (METHODS.md §2.1, seed 003).
 
-For every unit u and candidate bit width b: quantize only that unit's weights (symmetric, scale by
-least-MSE search: per output channel for layer units, one scale per group for group units, as the
-plan will be applied), run the calibration images and record ``D_u(b)`` = mean squared difference of
-the target features (pre-logits by default) from full precision. Everything else stays float.
+For every unit u and candidate bit width b: quantize only that unit's weights (symmetric, one
+least-MSE scale per output channel, for layer and group units alike: a group shares its bit width,
+not its scales, as the plan will be applied), run the calibration images and record ``D_u(b)`` =
+mean squared difference of the target features (pre-logits by default) from full precision. Everything else stays float.
 
 Cost: each step's input is cached once (:mod:`vitcompress.models.chain`); a unit reruns only the
 steps from its own block onward, and the quantized weight of a layer at b bits is computed once for
@@ -39,11 +39,9 @@ log = logging.getLogger(__name__)
 DEFAULT_BITS = (2, 3, 4, 5, 6, 7, 8)
 
 
-def quantized_weight(w: torch.Tensor, bits: int, group: int | None, name: str = "") -> torch.Tensor:
-    """``w`` fake-quantized at ``bits``: symmetric, least-MSE scale per output channel (``group``
-    None) or per group of ``group`` output channels."""
-    spec = (QuantSpec(bits, "symmetric", "channel", observer="mse") if group is None
-            else QuantSpec(bits, "symmetric", "group", group_size=group, observer="mse"))
+def quantized_weight(w: torch.Tensor, bits: int, name: str = "") -> torch.Tensor:
+    """``w`` fake-quantized at ``bits``: symmetric, one least-MSE scale per output channel."""
+    spec = QuantSpec(bits, "symmetric", "channel", observer="mse")
     qz = make_quantizer(spec, name, channel_axis=0, num_channels=w.shape[0])
     qz.observe(w.detach())
     qz.compute_qparams()
@@ -105,7 +103,7 @@ def measure_curves(model: nn.Module, calib: Iterable, unit: str = "layer", bits:
     start = time.perf_counter()
     _check_float(model)
     bits = _check_bits(bits)
-    group = parse_unit(unit)
+    parse_unit(unit)  # a bad unit fails before the images are read
     model.eval()
     x = _images(calib, n_images, batch_size)
     chain = model_chain(model, target, check=x[:batch_size])
@@ -126,7 +124,7 @@ def measure_curves(model: nn.Module, calib: Iterable, unit: str = "layer", bits:
         original = weight.detach().clone()
         try:
             for b in bits:
-                wq = quantized_weight(original, b, group, layer)
+                wq = quantized_weight(original, b, layer)
                 for u in layer_units:
                     weight.copy_(original)
                     weight[u.start:u.stop] = wq[u.start:u.stop]
