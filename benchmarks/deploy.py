@@ -93,6 +93,80 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     return out
 
 
+def ablation(args: argparse.Namespace) -> dict:
+    """ViT-S at batch ``--profile-batch``: what moves the INT8/FP32 ratio (opt level, LN-input QDQ, threads)."""
+    import dataclasses
+
+    from vitcompress.config import QuantSpec
+    from vitcompress.export import export_onnx
+    from vitcompress.export.bench import time_engines
+
+    name = "timm:deit_small_patch16_224"
+    recipes = {"w8a8": resolve_recipe("w8a8"),
+               "w8a8, LayerNorm inputs float": dataclasses.replace(resolve_recipe("w8a8"), norm=QuantSpec(32))}
+    x = None
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for i, recipe in enumerate(recipes.values()):
+            model = load_model(name, num_classes=10)
+            spec = input_spec_of(model)
+            quantize_(model, recipe, calibration_subset(load_dataset(spec, "train"), 64, seed=0), batch_size=32)
+            export_onnx(model, folder / f"int8-{i}.onnx", precision="int8")
+            if i == 0:
+                export_onnx(model, folder / "fp32.onnx", precision="fp32")
+        x = torch.randn(args.profile_batch, spec.in_chans, spec.img_size, spec.img_size)
+        variants = [("w8a8", 0, "all", args.threads), ("w8a8", 0, "extended", args.threads),
+                    ("w8a8", 0, "basic", args.threads), ("w8a8, LayerNorm inputs float", 1, "all", args.threads),
+                    ("w8a8", 0, "all", 2)]
+        for tag, i, level, threads in variants:
+            engines = {"ort-fp32": OrtModule(ort_session(folder / "fp32.onnx", threads, level)),
+                       "ort-int8": OrtModule(ort_session(folder / f"int8-{i}.onnx", threads, level))}
+            t = {r.engine: r for r in time_engines(engines, x, args.warmup, args.repeats, args.rounds)}
+            rows.append({"recipe": tag, "opt_level": level, "threads": threads,
+                         "fp32_median_ms": 1e3 * t["ort-fp32"].median_s, "int8_median_ms": 1e3 * t["ort-int8"].median_s,
+                         "fp32_min_ms": 1e3 * t["ort-fp32"].min_s, "int8_min_ms": 1e3 * t["ort-int8"].min_s,
+                         "speedup_median": t["ort-fp32"].median_s / t["ort-int8"].median_s,
+                         "speedup_min": t["ort-fp32"].min_s / t["ort-int8"].min_s, "loadavg": os.getloadavg()})
+            print(json.dumps(rows[-1]), flush=True)
+    return {"model": name, "batch": args.profile_batch, "rows": rows}
+
+
+def markdown(results: dict) -> str:
+    """The tables of docs/deploy.md from deploy.json."""
+    out = ["| model | batch | torch FP32 ms (min / median / max) | ORT FP32 ms | ORT INT8 ms | INT8 vs ORT FP32 "
+           "(median) | INT8 vs torch | BOPs ratio | integer / float-compute kernels | load avg |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results["runs"].items():
+        b = r["bench"]
+        t = {(x["engine"], x["batch"]): x for x in b["timings"]}
+        for batch in sorted({x["batch"] for x in b["timings"]}):
+            cells = {e: "{:.1f} / **{:.1f}** / {:.1f}".format(*(1e3 * t[(e, batch)][k] for k in ("min_s", "median_s",
+                                                                                             "max_s")))
+                     for e in ("torch-fp32", "ort-fp32", "ort-int8")}
+            cell = cells.__getitem__
+            k = b["kernels"]
+            out.append(f"| `{name}` | {batch} | {cell('torch-fp32')} | {cell('ort-fp32')} | {cell('ort-int8')} | "
+                       f"**{b['speedups'][f'int8_vs_ort_fp32_b{batch}']:.2f}x** | "
+                       f"{b['speedups'][f'int8_vs_torch_fp32_b{batch}']:.2f}x | {b['bops_ratio']:.0f}x | "
+                       f"{k['integer']} / {k['float_compute']} | {r['loadavg_before'][0]:.1f}-"
+                       f"{r['loadavg_after'][0]:.1f} |")
+    out += ["", "| model | images | FP32 torch | FP32 ORT | fake-quant torch | INT8 ORT | INT8 − fake-quant (pt) | "
+            "top-1 agreement | max abs logit diff |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results["runs"].items():
+        a = r.get("accuracy")
+        if a:
+            out.append(f"| `{name}` | {a['images']} | {a['fp32_torch_top1']:.2f} | {a['fp32_ort_top1']:.2f} | "
+                       f"{a['fakequant_top1']:.2f} | {a['int8_ort_top1']:.2f} | {a['int8_minus_fakequant_pt']:+.2f} | "
+                       f"{a['top1_agreement_pct']:.2f} % | {a['max_abs_logit_diff_int8']:.3f} |")
+    for name, r in results["runs"].items():
+        for tag, prof in r["profile_ms"].items():
+            total = sum(prof.values())
+            top = ", ".join(f"{op} {ms:.1f}" for op, ms in list(prof.items())[:8])
+            out.append(f"\n`{name}` {tag}: {total:.1f} ms in kernels: {top}")
+    return "\n".join(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
@@ -106,13 +180,24 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--profile-batch", type=int, default=8)
     p.add_argument("--out", default=str(ROOT / "docs" / "results" / "deploy.json"))
+    p.add_argument("--ablation", action="store_true", help="only the ViT-S INT8/FP32 ablation (opt level, "
+                   "LayerNorm-input QDQ, threads) into the 'ablation' entry")
+    p.add_argument("--markdown", action="store_true", help="only print the markdown tables of --out")
     args = p.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {"runs": {}}
     import onnxruntime
 
+    if args.ablation:
+        results["ablation"] = ablation(args)
+        results["ablation"]["command"] = "python benchmarks/deploy.py " + " ".join(sys.argv[1:])
+        write_json(out, results)
+        return
     for name in args.models:
         r = run_model(name, args)
         r["command"] = "python benchmarks/deploy.py " + " ".join(sys.argv[1:])
