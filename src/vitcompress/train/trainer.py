@@ -1,0 +1,259 @@
+"""A generic, resumable training loop: model + loss function + dataset + :class:`TrainConfig`.
+
+Used by GPUSQ-ViT's sparse distillation and QAT stages; written so MixA-Q's SAQA fine-tuning can
+reuse it (``loss_fn(model, x, y) -> (loss, logs)`` is all it knows about the task).
+
+- AdamW (no weight decay on biases, norms, embeddings and 1-D quantizer scales), linear warm-up then
+  cosine (:func:`warmup_cosine`), gradient-norm clipping.
+- Step-indexed determinism: the batch of step ``s`` and every random draw inside it (drop-path,
+  augmentation) are seeded from ``(seed, s)``, so resuming from a checkpoint at step ``k`` continues
+  exactly as an uninterrupted run would.
+- Checkpoints every ``checkpoint_every`` steps, at the end, and on SIGTERM (then returns with
+  ``interrupted=True``); ``resume=True`` continues from ``state_dir/trainer_state.pt``.
+- Distributed data parallel under ``torchrun`` (gloo on CPU, nccl on CUDA): the global batch of a step
+  is split into equal contiguous shards, one per rank, and DDP averages the gradients; with the same
+  global batch it computes what one process computes (up to float summation order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset, Subset
+from tqdm.auto import tqdm
+
+from vitcompress.errors import ConfigError
+from vitcompress.io import atomic_path
+from vitcompress.train.schedule import warmup_cosine
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.pt"
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping of one training run.
+
+    Attributes:
+        steps: optimizer steps.
+        batch_size: global batch (split across ranks under DDP; must divide by the world size).
+        lr, min_lr: peak and final learning rate of the cosine schedule.
+        weight_decay: AdamW decoupled weight decay (matrices only).
+        warmup_steps: linear warm-up steps.
+        grad_clip: max gradient norm (0 = off).
+        seed: seeds the batch order and the per-step random streams.
+        checkpoint_every: save the state every N steps (0 = only at the end and on SIGTERM).
+        log_every: steps between history entries (mean of the logged losses).
+        find_unused_parameters: passed to DDP (modules whose parameters some steps do not use).
+    """
+
+    steps: int
+    batch_size: int = 64
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    find_unused_parameters: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.lr <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError(f"lr must be > 0 and min_lr, weight_decay, grad_clip >= 0, got {self.lr}, "
+                              f"{self.min_lr}, {self.weight_decay}, {self.grad_clip}")
+        if self.warmup_steps < 0 or self.checkpoint_every < 0:
+            raise ConfigError("warmup_steps and checkpoint_every must be >= 0")
+
+
+def init_distributed() -> tuple[int, int]:
+    """``(rank, world_size)``; initialises the process group under torchrun (``WORLD_SIZE`` > 1)."""
+    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms, position embeddings, tokens and quantizer scales (ndim <= 1)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "dist_token")) or "bias_table" in name
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _augment_generators(dataset: Dataset) -> list[torch.Generator]:
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    g = getattr(dataset, "generator", None)
+    return [g] if isinstance(g, torch.Generator) else []
+
+
+def step_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
+    """The global batch of ``step``: a slice of the seeded permutation of its epoch (last partial batch dropped)."""
+    per_epoch = n // batch_size
+    if per_epoch == 0:
+        raise ConfigError(f"batch_size {batch_size} exceeds the dataset size {n}")
+    epoch, i = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return perm[i * batch_size : (i + 1) * batch_size]
+
+
+def _batch(dataset: Dataset, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [dataset[int(i)] for i in idx]
+    return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+
+
+class _Sigterm:
+    """Records a SIGTERM instead of dying, so the loop can checkpoint first (main thread only)."""
+
+    def __init__(self):
+        self.received, self._previous = False, None
+
+    def __enter__(self):
+        with contextlib.suppress(ValueError):  # not the main thread: no handler, no graceful stop
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, *_):
+        self.received = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _any_rank(flag: bool, world: int) -> bool:
+    if world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def _mean_logs(logs: list[dict], world: int) -> dict[str, float]:
+    keys = sorted(logs[0])
+    t = torch.tensor([[float(d[k]) for k in keys] for d in logs], dtype=torch.float64).mean(0)
+    if world > 1:
+        dist.all_reduce(t)
+        t /= world
+    return dict(zip(keys, t.tolist()))
+
+
+def _save(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, seconds: float,
+          history: list, config: TrainConfig) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "seconds": seconds, "history": history, "config": asdict(config)}, tmp)
+
+
+def train(model: nn.Module, loss_fn: LossFn, dataset: Dataset, config: TrainConfig,
+          state_dir: str | Path | None = None, resume: bool = False,
+          after_backward: Callable[[nn.Module], None] | None = None, progress: bool = True,
+          desc: str = "train") -> dict:
+    """Train ``model`` in place for ``config.steps`` steps.
+
+    Args:
+        model: the module to train (wrapped in DDP here when a process group is initialised).
+        loss_fn: ``loss_fn(model, x, y) -> (loss, logs)``, ``logs`` a dict of floats to report.
+        dataset: items ``(image, label)``; batches are built per step (see :func:`step_indices`).
+        config: the :class:`TrainConfig`.
+        state_dir: where checkpoints go (None: no checkpoints, no resume).
+        resume: continue from ``state_dir/trainer_state.pt`` if present.
+        after_backward: called with the plain model after the gradients are averaged, before clipping
+            (e.g. :func:`vitcompress.sparsity.mask_gradients_`).
+
+    Returns:
+        ``{"steps", "seconds", "interrupted", "final": {loss means of the last log window},
+        "history": [{"step": s, **means}, ...]}``.
+    """
+    rank, world = init_distributed()
+    if config.batch_size % world:
+        raise ConfigError(f"batch_size {config.batch_size} must be a multiple of the world size {world}")
+    state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
+    opt = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
+    start, seconds, history = 0, 0.0, []
+    if resume and state_path is not None and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, seconds, history = int(state["step"]), float(state["seconds"]), list(state["history"])
+        log.info("resuming %s from %s at step %d", desc, state_path, start)
+    net = model
+    if world > 1:
+        with warnings.catch_warnings():  # broadcast_buffers: buffers (masks, quantizer state) never change here
+            warnings.simplefilter("ignore", FutureWarning)
+            net = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False,
+                                                      find_unused_parameters=config.find_unused_parameters)
+    gens = _augment_generators(dataset)
+    window: list[dict] = []
+    interrupted, done = False, start
+    model.train()
+    bar = tqdm(range(start, config.steps), desc=desc, disable=not progress or rank != 0, mininterval=5.0,
+               initial=start, total=config.steps)
+    with _Sigterm() as sigterm:
+        for step in bar:
+            t0 = time.perf_counter()
+            stream = (config.seed * 1_000_003 + step) * 64 + rank  # every draw of this step: drop-path, augment
+            torch.manual_seed(stream)
+            for g in gens:
+                g.manual_seed(stream)
+            idx = step_indices(step, len(dataset), config.batch_size, config.seed)
+            shard = idx.view(world, -1)[rank]  # (batch / world,) contiguous shards
+            x, y = _batch(dataset, shard)
+            lr = warmup_cosine(step, config.steps, config.warmup_steps, config.lr, config.min_lr)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss, logs = loss_fn(net, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if after_backward is not None:
+                after_backward(model)
+            if config.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            seconds += time.perf_counter() - t0
+            window.append(logs)
+            done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                means = _mean_logs(window, world)
+                history.append({"step": done, **means})
+                window = []
+                bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()}, refresh=False)
+            stop = _any_rank(sigterm.received, world)
+            if state_path is not None and (stop or done == config.steps or
+                                           (config.checkpoint_every and done % config.checkpoint_every == 0)):
+                if rank == 0:
+                    state_path.parent.mkdir(parents=True, exist_ok=True)
+                    _save(state_path, model, opt, done, seconds, history, config)
+                if world > 1:
+                    dist.barrier()
+            if stop:
+                interrupted = True
+                log.warning("%s: SIGTERM at step %d; state saved to %s", desc, done, state_path)
+                break
+    bar.close()
+    model.eval()
+    final = {k: v for k, v in history[-1].items() if k != "step"} if history else {}
+    return {"steps": done, "seconds": seconds, "interrupted": interrupted, "final": final, "history": history}
