@@ -96,6 +96,7 @@ def test_architecture_mismatch_names_the_feature():
         DistillLoss(tiny_vit(depth=6), tiny_vit(depth=3), DistillConfig())
     wide = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=64,
                              depth=3, num_heads=2, num_classes=10)
-    loss_fn = DistillLoss(wide, tiny_vit(), DistillConfig())
+    student = tiny_vit()
+    loss_fn = DistillLoss(wide, student, DistillConfig())
     with pytest.raises(ConfigError, match=r"feature 'patch' \(patch_embed\): teacher shape \(2, 16, 64\)"):
-        loss_fn(tiny_vit(), torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+        loss_fn(student, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
