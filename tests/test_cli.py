@@ -7,7 +7,7 @@ import pytest
 from vitcompress.cli import build_parser, main
 
 COMMANDS = [["demo"], ["eval"], ["zoo"], ["zoo", "list"], ["zoo", "train"], ["cost"], ["compress"], ["allocate"],
-            ["mixaq"], ["mixaq", "sample"], ["mixaq", "eqbits"]]
+            ["mixaq"], ["mixaq", "sample"], ["mixaq", "eqbits"], ["export"], ["bench"]]
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a))
