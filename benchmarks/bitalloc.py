@@ -9,13 +9,14 @@ allows) and the better of the two is "best uniform mix". Also times the solvers 
 units x 7 bit widths. Writes docs/results/bitalloc.json and bitalloc_<model>.png (bits per layer).
 
 Run:  .venv/bin/python benchmarks/bitalloc.py [--models vit-fmnist swin-fmnist] [--budgets 2.5 3 4]
-          [--limit N] [--threads 1]
+          [--limit N] [--threads 1];  --render rewrites bitalloc.md from bitalloc.json
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import platform
 import time
@@ -28,7 +29,7 @@ from vitcompress.cost import cost
 from vitcompress.data.datasets import calibration_subset, load_dataset
 from vitcompress.eval.classification import evaluate
 from vitcompress.flbq import base_recipe, layer_bits, weight_only_distortion
-from vitcompress.io import write_json
+from vitcompress.io import write_json, write_text
 from vitcompress.models.registry import input_spec_of, load_model
 from vitcompress.quantize import quantize_
 from vitcompress.report.charts import bar_chart
@@ -126,6 +127,29 @@ def lg_speed() -> dict:
             "lg_avg_bits": lg.avg_bits, "lg_within_eps": lg.within_eps}
 
 
+def render(result: dict) -> str:
+    """docs/results/bitalloc.md: one table per model."""
+    sp = result["lg_speed"]
+    lines = ["# F-LBQ results", "", f"Command: `{result['command']}` ({result['environment']}).", "",
+             f"LG on {sp['units']:,} synthetic units x {sp['bit_choices']} bit widths ({sp['sizes']} weights): "
+             f"{sp['lg_seconds_best_of_5']:.3f} s (best of 5), {sp['lg_avg_bits']:.3f} bits at budget 3.5.", ""]
+    for m in result["models"]:
+        curves = "; ".join(f"`{u}`: {i['units']} units, {i['forwards']} forwards, {i['seconds']:.0f} s"
+                           for u, i in m["curves"].items())
+        lines += [f"## {m['model']} (FP32 top-1 {m['fp_top1']:.2f} % on {m['eval_images']} test images)", "",
+                  f"Curves (64 images, bits 2..8): {curves}.", "",
+                  "| budget | method | unit | avg bits | predicted D | measured D | top-1 (%) | drop (pt) | rel. BOPs "
+                  "| size (KiB) | solver s |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in m["rows"]:
+            pred = "" if r["predicted"] != r["predicted"] else f"{r['predicted']:.4g}"
+            solver = f"{r['solver_seconds']:.4f}" if "solver_seconds" in r else ""
+            lines.append(f"| {r['budget']:g} | {r['method']} | `{r['unit']}` | {r['avg_bits']:.3f} | {pred} | "
+                         f"{r['measured']:.4g} | {r['top1']:.2f} | {m['fp_top1'] - r['top1']:.2f} | "
+                         f"{r['rel_bops']:.4f} | {r['size_bytes'] / 1024:.1f} | {solver} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--models", nargs="+", default=list(GROUPS))
@@ -133,15 +157,20 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="test images (default: all 10,000)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=str(ROOT / "docs" / "results"))
+    p.add_argument("--render", action="store_true", help="only rewrite bitalloc.md from --out/bitalloc.json")
     args = p.parse_args()
+    out = Path(args.out)
+    if args.render:
+        write_text(out / "bitalloc.md", render(json.loads((out / "bitalloc.json").read_text())))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    result = {"command": "python benchmarks/bitalloc.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items()
-                                                                   if v is not None and k != "out"),
+    given = {k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in vars(args).items()
+             if v not in (None, False) and k != "out"}
+    result = {"command": "python benchmarks/bitalloc.py " + " ".join(f"--{k} {v}" for k, v in given.items()),
               "environment": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
                              f"{torch.get_num_threads()} threads",
               "lg_speed": lg_speed(), "models": []}
@@ -150,6 +179,7 @@ def main() -> None:
         result["models"].append(bench_model(name, args.budgets, args.limit, out))
         result["seconds"] = time.perf_counter() - t0
         write_json(out / "bitalloc.json", result)  # after each model: a killed run keeps what it finished
+        write_text(out / "bitalloc.md", render(result))
 
 
 if __name__ == "__main__":
