@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", type=int, default=None, help="Evol-Q passes over all blocks (default 10)")
     p.add_argument("--cycles", type=int, default=None, help="Evol-Q mutations per block and pass (default 3)")
     p.add_argument("--fitness", default=None, help="Evol-Q fitness: infonce (default), mse, cosine, kl")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted Evol-Q run in --out")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted Evol-Q or GPUSQ run in --out")
+    p.add_argument("--steps", type=int, default=None,
+                   help="gpusq-int8/gpusq-int4: training steps per stage (default 300; docs/gpusq.md)")
     p = sub.add_parser("allocate", help="F-LBQ bit allocation: on a model end to end, or on distortion curves")
     from vitcompress.search.bitalloc.cli import add_arguments as add_allocate_arguments
 
@@ -277,6 +279,10 @@ def _compress(args: argparse.Namespace) -> int:
     from vitcompress.config import resolve_recipe
     from vitcompress.pipeline import CompressJob, run_compress
 
+    if args.recipe.startswith("gpusq"):
+        return _compress_gpusq(args)
+    if args.steps is not None:
+        raise VitCompressError("--steps needs a training recipe (gpusq-int8, gpusq-int4)")
     job = CompressJob(model=args.model, recipe=resolve_recipe(args.recipe), calib_size=args.calib_size,
                       seed=args.seed, data_root=args.data_root, eval_limit=args.limit,
                       evolq=_evolq_config(args), evolq_resume=args.resume)
@@ -284,6 +290,24 @@ def _compress(args: argparse.Namespace) -> int:
     print(f"{args.model} / {job.recipe.name}: top-1 {m['fp_top1']:.2f} -> {m['q_top1']:.2f} "
           f"({m['q_top1'] - m['fp_top1']:+.2f} pt), rel. BOPs {m['rel_bops']:.4f}, size "
           f"{m['fp_size_bytes']:,} -> {m['size_bytes']:,} bytes; outputs in {args.out}")
+    return 0
+
+
+def _compress_gpusq(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from vitcompress.gpusq import GPUSQJob, gpusq_preset, run_gpusq_job
+
+    if args.evolq:
+        raise VitCompressError("--evolq does not apply to the gpusq recipes (they train scales by QAT)")
+    config = replace(gpusq_preset(args.recipe, **({"steps": args.steps} if args.steps else {})),
+                     calib_size=args.calib_size)
+    job = GPUSQJob(model=args.model, config=config, data_root=args.data_root, eval_limit=args.limit,
+                   seed=args.seed, resume=args.resume)
+    m = run_gpusq_job(job, args.out)
+    print(f"{args.model} / {args.recipe}: top-1 {m['fp_top1']:.2f} -> sparse {m['sparse_float_top1']:.2f} -> "
+          f"{m['q_top1']:.2f} ({m['q_top1'] - m['fp_top1']:+.2f} pt), size x{m['size_reduction']:.2f} smaller, "
+          f"BOPs x{m['bops_reduction']:.1f} fewer; outputs in {args.out}")
     return 0
 
 
