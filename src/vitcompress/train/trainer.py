@@ -241,6 +241,9 @@ def train(model: nn.Module, loss_fn: LossFn, dataset: Dataset, config: TrainConf
                 history.append({"step": done, **means})
                 window = []
                 bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()}, refresh=False)
+                if rank == 0 and done % (10 * config.log_every) == 0:
+                    log.info("%s: step %d/%d %s (%.0f s)", desc, done, config.steps,
+                             " ".join(f"{k}={v:.4g}" for k, v in means.items()), seconds)
             stop = _any_rank(sigterm.received, world)
             if state_path is not None and (stop or done == config.steps or
                                            (config.checkpoint_every and done % config.checkpoint_every == 0)):

@@ -1,0 +1,126 @@
+"""GPUSQ-ViT benchmark: dense FP, 2:4 one-shot, 2:4 fine-tuned without / with distillation, 2:4+INT8,
+4:8+INT4, and the seed-004 Table 3 ablation in shape (weight factor off, soft loss off, feature loss off).
+
+Each variant runs in its own process (run them in parallel, one thread each) and writes
+``<out>/<model>/<variant>.json``; ``--merge`` collects them into ``docs/results/gpusq.json``.
+
+    python benchmarks/gpusq.py --model vit-fmnist --variant int8 --steps 300
+    python benchmarks/gpusq.py --merge --out runs/gpusq --json docs/results/gpusq.json
+
+Ablation variants (``int8-no-wf`` ...) change stage 2 only and reuse the stage-1 checkpoint of the
+matching main run (``int8`` / ``int4``), so run those first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from vitcompress.cost import cost
+from vitcompress.data.datasets import calibration_subset, load_dataset
+from vitcompress.eval.classification import evaluate
+from vitcompress.gpusq import GPUSQJob, gpusq_preset, run_gpusq, run_gpusq_job
+from vitcompress.models.registry import input_spec_of, load_model
+from vitcompress.sparsity import sparsify_
+
+ABLATIONS = {"no-wf": {"weight_factors": False}, "no-soft": {"soft": False}, "no-feat": {"feature": False}}
+VARIANTS = ("dense", "oneshot", "prune-ce", "int8", "int4") + tuple(
+    f"{fmt}-{a}" for fmt in ("int8", "int4") for a in ABLATIONS)
+
+
+def _eval(model, test, limit):
+    m = evaluate(model, test, limit=limit, progress=False)
+    c = cost(model)
+    return {"top1": m.top1, "top5": m.top5, "images": m.images, "size_bytes": c.size_bytes, "bops": c.bops,
+            "rel_bops": c.rel_bops}
+
+
+def run_variant(args) -> dict:
+    """One variant on one model; the result dict written to JSON."""
+    out = Path(args.out) / args.model
+    if args.variant in ("dense", "oneshot", "prune-ce"):
+        model = load_model(args.model)
+        spec = input_spec_of(model)
+        test = load_dataset(spec, "test", args.data_root)
+        if args.variant == "dense":
+            return _eval(model, test, args.limit)
+        if args.variant == "oneshot":
+            sparsify_(model, "2:4", on_indivisible="skip")
+            return _eval(model, test, args.limit)
+        config = replace(gpusq_preset("gpusq-int8", args.steps, batch_size=args.batch_size), distill_prune=False)
+        train_set = load_dataset(spec, "train", args.data_root, augment=True)
+        calib = calibration_subset(load_dataset(spec, "train", args.data_root), config.calib_size)
+        res = run_gpusq(model, train_set, calib, config, out / "prune-ce" / "state", args.resume, progress=False,
+                        stop_after_prune=True)
+        return {**_eval(model, test, args.limit), "prune": {k: res["prune"][k] for k in ("steps", "seconds", "final")}}
+    fmt, _, ablation = args.variant.partition("-")
+    config = gpusq_preset(f"gpusq-{fmt}", args.steps, batch_size=args.batch_size)
+    if ablation:
+        config = replace(config, distill=replace(config.distill, **ABLATIONS[ablation]))
+        source = out / fmt / "state" / "prune" / "trainer_state.pt"
+        if not source.is_file():
+            raise SystemExit(f"{args.variant} reuses the stage-1 checkpoint {source}: run --variant {fmt} first")
+        target = out / args.variant / "state" / "prune"
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, target / "trainer_state.pt")
+    job = GPUSQJob(model=args.model, config=config, data_root=args.data_root, eval_limit=args.limit,
+                   resume=bool(ablation) or args.resume, progress=False)
+    m = run_gpusq_job(job, out / args.variant)
+    keep = ("fp_top1", "sparse_float_top1", "ptq_top1", "q_top1", "q_top5", "eval_images", "size_bytes",
+            "fp_size_bytes", "size_reduction", "bops", "fp_bops", "bops_reduction", "rel_bops", "weight_factors",
+            "prune", "qat", "seconds")
+    return {k: m[k] for k in keep}
+
+
+def merge(out: Path) -> dict:
+    results: dict = {}
+    for path in sorted(out.glob("*/*.json")):
+        results.setdefault(path.parent.name, {})[path.stem] = json.loads(path.read_text())
+    return results
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="vit-fmnist")
+    p.add_argument("--variant", choices=VARIANTS)
+    p.add_argument("--steps", type=int, default=300, help="steps per stage")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=int, default=None, help="first N test images (default all 10,000)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--out", default="runs/gpusq")
+    p.add_argument("--merge", action="store_true", help="collect <out>/*/*.json")
+    p.add_argument("--json", default=None, help="with --merge: write the merged results here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    if args.merge:
+        results = merge(Path(args.out))
+        text = json.dumps(results, indent=2)
+        if args.json:
+            Path(args.json).write_text(text + "\n")
+        print(text)
+        return 0
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    res = run_variant(args)
+    res.update(variant=args.variant, model=args.model, steps=args.steps, batch_size=args.batch_size,
+               wall_seconds=time.perf_counter() - t0, threads=args.threads,
+               command=" ".join(["python", "benchmarks/gpusq.py", *(argv or sys.argv[1:])]))
+    path = Path(args.out) / args.model / f"{args.variant}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in res.items() if k not in ("prune", "qat")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
