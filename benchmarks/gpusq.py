@@ -72,7 +72,7 @@ def run_variant(args) -> dict:
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, target / "trainer_state.pt")
     job = GPUSQJob(model=args.model, config=config, data_root=args.data_root, eval_limit=args.limit,
-                   resume=bool(ablation) or args.resume, progress=False)
+                   resume=bool(ablation) or args.resume, progress=False, eval_stages=not ablation)
     m = run_gpusq_job(job, out / args.variant)
     keep = ("fp_top1", "sparse_float_top1", "ptq_top1", "q_top1", "q_top5", "eval_images", "size_bytes",
             "fp_size_bytes", "size_reduction", "bops", "fp_bops", "bops_reduction", "rel_bops", "weight_factors",

@@ -171,6 +171,7 @@ class GPUSQJob:
     seed: int = 0
     resume: bool = False
     progress: bool = True
+    eval_stages: bool = True  # evaluate after stage 1 and after PTQ too (False: only the final model)
 
 
 def run_gpusq_job(job: GPUSQJob, out_dir: str | Path | None = None) -> dict:
@@ -197,9 +198,12 @@ def run_gpusq_job(job: GPUSQJob, out_dir: str | Path | None = None) -> dict:
     stages: dict[str, dict] = {}
 
     def on_stage(name: str, m: nn.Module) -> None:
+        if not job.eval_stages and name != "qat":
+            stages[name] = {"top1": None, "top5": None, "size_bytes": cost(m).size_bytes}
+            return
         r = evaluate(m, test, limit=job.eval_limit, progress=job.progress)
         c = cost(m)
-        stages[name] = {"top1": r.top1, "top5": r.top5, "rel_bops": c.rel_bops, "size_bytes": c.size_bytes}
+        stages[name] = {"top1": r.top1, "top5": r.top5, "size_bytes": c.size_bytes}
         log.info("%s: top-1 %.2f %%", name, r.top1)
 
     state = Path(out_dir) / "state" if out_dir is not None else None
@@ -266,8 +270,8 @@ def gpusq_section(m: dict) -> str:
         f"Pattern {m['pattern']} on {len(m['sparse_layers'])} layers; stage 1 {m['prune']['steps']} steps, "
         f"QAT {m['qat']['steps']} steps. The per-layer SQNR above compares with the sparse float model.", "",
         "| stage | top-1 (%) |", "|---|---:|",
-        f"| dense float | {m['fp_top1']:.2f} |", f"| sparse float (after stage 1) | {m['sparse_float_top1']:.2f} |",
-        f"| PTQ of the sparse model | {m['ptq_top1']:.2f} |", f"| after QAT | {m['q_top1']:.2f} |", "",
+        f"| dense float | {m['fp_top1']:.2f} |", f"| sparse float (after stage 1) | {_pct(m['sparse_float_top1'])} |",
+        f"| PTQ of the sparse model | {_pct(m['ptq_top1'])} |", f"| after QAT | {m['q_top1']:.2f} |", "",
         f"Reduction vs FP32: size ×{m['size_reduction']:.2f}, BOPs ×{m['bops_reduction']:.1f} "
         "(BOPs of a sparse layer count only its kept MACs; size counts kept values plus 2-bit indices, "
         "METHODS §3.1). Sparsity is simulated on CPU: the pruned weights are stored as zeros.", "",
@@ -275,3 +279,7 @@ def gpusq_section(m: dict) -> str:
     if m.get("weight_factors"):
         lines += [f"Weight factors W_j (patch, stages, final): {[round(w, 4) for w in m['weight_factors']]}", ""]
     return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "not evaluated" if v is None else f"{v:.2f}"
