@@ -96,6 +96,19 @@ def test_dequantize_weight_equals_weight_quantizer_exactly():
         assert torch.equal(dq(), qz(w))
 
 
+def test_asymmetric_weights_export_exactly(tmp_path):
+    recipe = Recipe(weight=QuantSpec(8, "asymmetric", "channel"))
+    model = quantized(tiny_vit, recipe)
+    export_copy, points = to_export_model(model)
+    fc = model.blocks[0].mlp.fc2
+    w_dq = export_copy.blocks[0].mlp.fc2.weight_dq()
+    assert torch.allclose(w_dq.t(), fc.quantized_weight(), rtol=0, atol=1e-7)  # codes and zero point shifted by 128
+    export_onnx(model, tmp_path / "m.onnx")
+    x = inputs(4)
+    with torch.no_grad():
+        assert rel_err(model(x), OrtModule(ort_session(tmp_path / "m.onnx", threads=1))(x)) < 0.03
+
+
 def test_ptf_exports_as_exact_per_channel_qdq():
     from vitcompress.export.convert import _Points, activation_qdq
 

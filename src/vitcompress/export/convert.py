@@ -180,7 +180,7 @@ def _export_weight(m: QuantLinear | QuantConv2d, points: _Points, transpose: boo
         r = w.std(dim=dims, unbiased=False) / (w_hat.std(dim=dims, unbiased=False) + BC_EPS)
         offset = w.mean(dim=dims) - r * w_hat.mean(dim=dims)
         scale = scale * r
-    if zero.abs().max() > 0:  # asymmetric weight grid [0, 2^b − 1]: shift to int8 with the zero point
+    if not qz.symmetric:  # asymmetric weight grid [0, 2^b − 1]: shift codes and zero point into int8
         codes, zero = codes - 128, zero - 128
     signed_codes = codes.to(torch.int8)
     if transpose:
