@@ -90,3 +90,28 @@ def test_presets_and_cli_flag_errors(capsys):
         gpusq_preset("gpusq-int2")
     assert main(["compress", "--model", "vit-fmnist", "--recipe", "w8a8", "--steps", "5", "--out", "x"]) == 2
     assert "--steps needs a training recipe" in capsys.readouterr().err
+
+
+def test_sigterm_in_stage_1_stops_before_stage_2_and_resumes(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import vitcompress.gpusq as gpusq
+    from vitcompress.train.trainer import TrainingInterrupted
+
+    real = gpusq.mask_gradients_
+
+    def mask_then_sigterm(model):
+        real(model)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(gpusq, "mask_gradients_", mask_then_sigterm)
+    stages = []
+    with pytest.raises(TrainingInterrupted, match="stage 1 .* at step 1"):
+        run_gpusq(tiny_vit(), data(), data(), tiny_config("gpusq-int8"), state_dir=tmp_path, progress=False,
+                  on_stage=lambda s, m: stages.append(s))
+    assert stages == [] and (tmp_path / "prune" / "trainer_state.pt").is_file()
+    monkeypatch.setattr(gpusq, "mask_gradients_", real)
+    res = run_gpusq(tiny_vit(), data(), data(), tiny_config("gpusq-int8"), state_dir=tmp_path, resume=True,
+                    progress=False)
+    assert res["prune"]["steps"] == 2 and res["qat"]["steps"] == 2

@@ -29,7 +29,7 @@ from vitcompress.errors import ConfigError
 from vitcompress.sparsity import mask_gradients_, sparsify_
 from vitcompress.train.distill import DistillConfig, DistillLoss, weight_factors
 from vitcompress.train.qat import prepare_sparse_qat_
-from vitcompress.train.trainer import TrainConfig, train
+from vitcompress.train.trainer import TrainConfig, TrainingInterrupted, train
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,15 @@ def sparse_distill_(model: nn.Module, train_set: Dataset, config: GPUSQConfig, s
     finally:
         loss.close()
     info["sparse_layers"] = plan
+    _stop_if_interrupted(info, "stage 1 (sparse distillation)", state_dir)
     return teacher, info
+
+
+def _stop_if_interrupted(info: dict, stage: str, state_dir: Path | None) -> None:
+    # a SIGTERM'd stage saved its state: the next stage must not start from a half-trained model
+    if info["interrupted"]:
+        raise TrainingInterrupted(f"{stage} stopped by SIGTERM at step {info['steps']}; state saved in "
+                                  f"{state_dir}; run again with resume to continue")
 
 
 def sparse_qat_(model: nn.Module, train_set: Dataset, calib: Dataset, factors: list[float], config: GPUSQConfig,
@@ -126,6 +134,7 @@ def sparse_qat_(model: nn.Module, train_set: Dataset, calib: Dataset, factors: l
                      after_backward=mask_gradients_, progress=progress, desc="stage 2: sparse QAT")
     finally:
         loss.close()
+    _stop_if_interrupted(info, "stage 2 (sparse QAT)", state_dir)
     return teacher, info
 
 

@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from vitcompress.errors import ConfigError
+from vitcompress.errors import ConfigError, VitCompressError
 from vitcompress.io import atomic_path
 from vitcompress.train.schedule import warmup_cosine
 
@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
+
+
+class TrainingInterrupted(VitCompressError):
+    """A run stopped on SIGTERM after saving its state; rerun with resume to continue."""
 
 
 @dataclass(frozen=True)
