@@ -90,12 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_allocate_arguments(p)
 
-    from vitcompress.search.mixaq.cli import add_eqbits_arguments, add_sample_arguments
+    from vitcompress.search.mixaq.cli import add_eqbits_arguments, add_sample_arguments, add_search_arguments
 
-    p = sub.add_parser("mixaq", help="MixA-Q tools: ratio sampling, equivalent activation bits")
+    p = sub.add_parser("mixaq", help="MixA-Q tools: ratio sampling, equivalent activation bits, ratio search")
     msub = p.add_subparsers(dest="mixaq_command", required=True, metavar="ACTION")
     add_sample_arguments(msub.add_parser("sample", help="uniform-sum (or naive) ratio vectors"))
     add_eqbits_arguments(msub.add_parser("eqbits", help="equivalent activation bits (seed 000 eq. 3-5)"))
+    add_search_arguments(msub.add_parser("search", help="NSGA-II search of ratio vectors (accuracy vs BOPs)"))
     from vitcompress.export.cli import add_bench_arguments, add_export_arguments
 
     add_export_arguments(sub.add_parser("export", help="export a model to ONNX (INT8 QDQ if quantized, else FP32)"))
@@ -170,9 +171,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 @command("mixaq")
 def _mixaq(args: argparse.Namespace) -> int:
-    from vitcompress.search.mixaq.cli import run_eqbits, run_sample
+    from vitcompress.search.mixaq.cli import run_eqbits, run_sample, run_search
 
-    return run_sample(args) if args.mixaq_command == "sample" else run_eqbits(args)
+    return {"sample": run_sample, "eqbits": run_eqbits, "search": run_search}[args.mixaq_command](args)
 
 
 @command("allocate")

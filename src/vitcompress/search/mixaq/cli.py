@@ -1,4 +1,4 @@
-"""``vitcompress mixaq sample`` and ``vitcompress mixaq eqbits`` (METHODS.md §4.3, §4.5; seed 000 §6).
+"""``vitcompress mixaq sample``, ``eqbits`` and ``search`` (METHODS.md §4.3–4.5; seed 000 §6).
 
 The main console script wires each in with ``add_*_arguments(subparser)`` and ``run_*(args)``. Errors
 (:class:`~vitcompress.errors.VitCompressError`) propagate to the caller, which prints them as one line.
@@ -87,4 +87,54 @@ def run_eqbits(args: argparse.Namespace) -> int:
     else:
         cost = relative_cost(args.gmacs, args.c, args.ratios, method=method)
         print(f"equivalent activation bits: {bits:.4f} ({method}, base {args.base_bits:g}, relative cost {cost:.4f})")
+    return 0
+
+
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``mixaq search`` options to ``parser``."""
+    parser.add_argument("--model", default="swin-fmnist", help="zoo Swin model (default swin-fmnist)")
+    parser.add_argument("--recipe", default="w8a8", help="recipe of the high branch (default w8a8)")
+    parser.add_argument("--low-bits", type=int, default=4, help="activation bits of the low branch (default 4)")
+    parser.add_argument("--calib", type=int, default=256, help="calibration images from the train set (default 256)")
+    parser.add_argument("--eval-images", type=int, default=1000,
+                        help="held-out train images scoring the candidates, disjoint from --calib (default 1000)")
+    parser.add_argument("--test-limit", type=int, default=2000,
+                        help="test images for the chosen configurations (0: skip; default 2000)")
+    parser.add_argument("--population", type=int, default=8, help="NSGA-II population (default 8)")
+    parser.add_argument("--generations", type=int, default=2,
+                        help="offspring generations after the initial population (default 2)")
+    parser.add_argument("--init", choices=["uniform-sum", "naive"], default="uniform-sum",
+                        help="initial population sampler (default uniform-sum, seed 000 Algorithm 1)")
+    parser.add_argument("--cost-range", type=float, nargs=2, metavar=("LO", "HI"), default=(0.65, 0.95),
+                        help="relative-cost range of the uniform-sum sampler (default 0.65 0.95)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the splits, sampler and search (default 0)")
+    parser.add_argument("--data-root", default=None, help="dataset folder (default: Fashion-MNIST)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", required=True, help="output folder (state, pareto.json/png, chosen, summary)")
+    parser.add_argument("--resume", action="store_true", help="continue the search saved in --out")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run_search(args: argparse.Namespace) -> int:
+    """Run the MixA-Q search and print the front and the chosen configurations; return 0."""
+    from vitcompress.search.mixaq.job import SearchJob, run_search_job
+    from vitcompress.search.mixaq.search import MixAQSearchConfig
+
+    config = MixAQSearchConfig(population=args.population, generations=args.generations, init=args.init,
+                               cost_range=tuple(args.cost_range), seed=args.seed)
+    job = SearchJob(model=args.model, recipe=args.recipe, low_bits=args.low_bits, n_calib=args.calib,
+                    n_eval=args.eval_images, test_limit=args.test_limit or None, data_root=args.data_root)
+    summary = run_search_job(job, config, args.out, resume=args.resume)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    held = summary["held_out"]
+    base = held["baseline"]
+    print(f"{args.model} {args.recipe} / A{args.low_bits}: {held['evaluated']} configurations evaluated on "
+          f"{args.eval_images} held-out images; ratio 0: top-1 {base['top1']:.2f}")
+    for p in held["front"]:
+        print(f"  front  rel BOPs {p['rel_bops']:.4f}  top-1 {p['top1']:6.2f}  ratios {p['ratios']}")
+    for name, p in summary.get("test", {}).items():
+        print(f"  test   {name:<8} rel BOPs {p['rel_bops']:.4f}  top-1 {p['top1']:6.2f}  ratios {p['ratios']}")
+    print(f"outputs in {args.out}")
     return 0

@@ -1,0 +1,138 @@
+"""MixA-Q search: NSGA-II over ratio vectors (pymoo), resume, outputs, CLI."""
+
+import json
+import math
+import pickle
+
+import pytest
+import timm
+import torch
+
+from vitcompress.cli import main
+from vitcompress.config import get_preset
+from vitcompress.errors import ConfigError, StateError
+from vitcompress.search.mixaq.job import model_evaluator, split_calibration
+from vitcompress.search.mixaq.model import get_ratios, mixaq_
+from vitcompress.search.mixaq.search import (
+    MixAQSearchConfig,
+    initial_population,
+    pareto_front,
+    search_ratios,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def fake_objective(ratios):
+    """Accuracy falls with the square of the ratios (unevenly per group), BOPs linearly: a real trade-off."""
+    top1 = 90.0 - sum((i + 1) * r * r for i, r in enumerate(ratios)) + 0.1 * math.sin(7 * sum(ratios))
+    return top1, int(1_000_000 * (1 - 0.5 * sum(ratios) / len(ratios)))
+
+
+class Interrupt(Exception):
+    pass
+
+
+def counting(limit):
+    calls = []
+
+    def objective(ratios):
+        if len(calls) >= limit:
+            raise Interrupt
+        calls.append(ratios)
+        return fake_objective(ratios)
+
+    return objective, calls
+
+
+def test_search_finds_a_front_and_writes_outputs(tmp_path):
+    config = MixAQSearchConfig(population=8, generations=3, seed=1)
+    objective, calls = counting(10_000)
+    result = search_ratios(objective, 6, config, out=tmp_path)
+    assert len(calls) == len(set(calls)) == len(result.evaluated) + 1  # +1: the ratio-0 baseline, once each
+    assert result.baseline["ratios"] == [0.0] * 6 and result.baseline["rel_bops"] == 1.0
+    assert {p["generation"] for p in result.evaluated} == {0, 1, 2, 3}
+    for p in result.evaluated:
+        assert all(0 <= r <= 0.8 and round(r * 10) == pytest.approx(r * 10) for r in p["ratios"])
+    front = result.front
+    assert front == pareto_front(result.evaluated)
+    for a, b in zip(front, front[1:]):  # along the front: more BOPs buys more accuracy
+        assert a["bops"] <= b["bops"] and a["top1"] <= b["top1"]
+    for name in ("pareto.json", "pareto.png", "chosen.json", "state.pkl"):
+        assert (tmp_path / name).stat().st_size > 0
+    saved = json.loads((tmp_path / "pareto.json").read_text())
+    assert saved["front"] == front
+    chosen = json.loads((tmp_path / "chosen.json").read_text())["chosen"]
+    for target, p in chosen.items():
+        assert p is None or p["rel_bops"] <= float(target)
+
+
+def test_uniform_sum_initial_population_spans_the_sum_range():
+    pop = initial_population(6, MixAQSearchConfig(population=200, seed=0))
+    sums = pop.sum(axis=1)
+    assert pop.min() >= 0 and pop.max() <= 8
+    assert sums.min() >= 6 and sums.max() <= 42  # (0.6, 4.2) on the x10 scale, seed 000 §6.1
+    naive = initial_population(6, MixAQSearchConfig(population=200, seed=0, init="naive"))
+    # naive sums pile up around 6 * 4 = 24; uniform-sum ones are flat over 6..42
+    assert abs(naive.sum(axis=1) - 24).mean() < abs(sums - 24).mean()
+
+
+def test_interrupted_search_resumes_to_the_same_end(tmp_path):
+    config = MixAQSearchConfig(population=6, generations=3, seed=3)
+    reference = search_ratios(fake_objective, 4, config, out=tmp_path / "ref")
+    objective, calls = counting(14)  # dies during generation 1 or 2, after at least one saved generation
+    with pytest.raises(Interrupt):
+        search_ratios(objective, 4, config, out=tmp_path / "run")
+    with open(tmp_path / "run" / "state.pkl", "rb") as f:
+        assert pickle.load(f)["algorithm"].n_gen >= 2
+    resumed = search_ratios(fake_objective, 4, config, out=tmp_path / "run", resume=True)
+    assert resumed.front == reference.front
+    assert [p["ratios"] for p in resumed.evaluated] == [p["ratios"] for p in reference.evaluated]
+    with pytest.raises(StateError, match="other settings"):
+        search_ratios(fake_objective, 4, MixAQSearchConfig(population=6, generations=3, seed=4),
+                      out=tmp_path / "run", resume=True)
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="init: must be one of"):
+        MixAQSearchConfig(init="random")
+    with pytest.raises(ConfigError, match="population: must be an integer >= 2"):
+        MixAQSearchConfig(population=1)
+    with pytest.raises(ConfigError, match="upper"):
+        MixAQSearchConfig(upper=0.85)
+
+
+def test_model_evaluator_on_tiny_swin(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", img_size=32, patch_size=2, window_size=4,
+                              embed_dim=16, depths=(2, 2), num_heads=(1, 2), num_classes=10).eval()
+    data = [(torch.randn(3, 32, 32), i % 10) for i in range(40)]
+    calib, heldout = split_calibration(data, 16, 24, seed=0)
+    assert not set(calib.indices) & set(heldout.indices)
+    mixaq_(model, calib, get_preset("w8a8"), 4, progress=False)
+    batches = [(torch.stack([x for x, _ in heldout]), torch.tensor([y for _, y in heldout]))]
+    evaluate = model_evaluator(model, batches)
+    top1_0, bops_0 = evaluate((0.0, 0.0))
+    top1_8, bops_8 = evaluate((0.8, 0.8))
+    assert get_ratios(model)[0] == [0.8, 0.8]
+    assert bops_8 < bops_0 and 0 <= top1_8 <= 100
+    result = search_ratios(evaluate, 2, MixAQSearchConfig(population=4, generations=1), out=tmp_path)
+    assert result.front and all(p["bops"] < bops_0 or p["ratios"] == [0.0, 0.0] for p in result.evaluated)
+
+
+def test_cli_search_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["mixaq", "search", "--help"])
+    assert "--population" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_cli_search_on_swin_fmnist(tmp_path, capsys):
+    out = tmp_path / "s"
+    args = ["mixaq", "search", "--threads", "1", "--calib", "64", "--eval-images", "200", "--population", "4",
+            "--generations", "1", "--test-limit", "200", "--out", str(out)]
+    assert main(args) == 0
+    first = json.loads((out / "pareto.json").read_text())
+    assert main([*args, "--resume"]) == 0  # a finished search resumes to the same front
+    assert json.loads((out / "pareto.json").read_text())["front"] == first["front"]
+    assert "front" in capsys.readouterr().out
