@@ -181,3 +181,26 @@ def test_mixaq_training_free_and_bops_match_equivalent_bits(calib):
     pruned = mixed_cost(model, [0.0, 0.0], prune=[0.5, 0.5])
     # pruning half the windows of every block removes half of the blocks' MACs (SparseViT, eq. 4)
     assert pruned.macs == c + sum(g) // 2
+
+
+def test_saqa_fine_tunes_both_branches(tmp_path):
+    from vitcompress.search.mixaq.saqa import SAQAConfig, saqa_
+    from vitcompress.train.qat import qat_recipe
+
+    g = torch.Generator().manual_seed(5)
+    data = [(torch.randn(3, 32, 32, generator=g), i % 10) for i in range(32)]
+    model = mixaq_(tiny_swin(), [torch.stack([x for x, _ in data[:16]])], qat_recipe(get_preset("w8a8")), 4,
+                   progress=False)
+    low_scale = model.layers[0].blocks[0].low["mlp"].fc1.input_quantizer.scale
+    assert isinstance(low_scale, torch.nn.Parameter)  # LSQ scales in the low branch too
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    config = SAQAConfig(steps=4, batch_size=8, lr=1e-3, seed=0)
+    result = saqa_(model, data, config, state_dir=tmp_path, progress=False)
+    assert result["steps"] == 4 and (tmp_path / "trainer_state.pt").is_file()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert "layers.0.blocks.0.attn.qkv.weight" in changed  # shared weights learn
+    assert any(n.startswith("layers.0.blocks.0.low.") for n in changed)  # the low branch's own LN / scales
+    for h in result["history"]:  # means of sampled sums: 2 groups, cost (0.65, 0.95) -> sums in [0.2, 1.4]
+        assert 0.2 - 1e-9 <= h["ratio_sum"] <= 1.4 + 1e-9
+    with pytest.raises(ConfigError, match="sampler"):
+        SAQAConfig(sampler="random")
