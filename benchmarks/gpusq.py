@@ -87,6 +87,54 @@ def merge(out: Path) -> dict:
     return results
 
 
+ROWS = (("dense", "dense FP32"), ("oneshot", "2:4 one-shot magnitude pruning, no training"),
+        ("prune-ce", "2:4 fine-tuned without distillation (hard labels only)"),
+        ("int8:sparse_float_top1", "2:4 fine-tuned with distillation (stage 1 of gpusq-int8)"),
+        ("int8", "2:4 + INT8 (gpusq-int8)"),
+        ("int4:sparse_float_top1", "4:8 fine-tuned with distillation (stage 1 of gpusq-int4)"),
+        ("int4", "4:8 + INT4 weights, INT8 activations (gpusq-int4)"))
+
+
+def _top1(res: dict, key: str) -> float | None:
+    name, _, field = key.partition(":")
+    r = res.get(name)
+    if r is None:
+        return None
+    return r.get(field or ("q_top1" if "q_top1" in r else "top1"))
+
+
+def markdown(results: dict) -> str:
+    """Main table and ablation table per model (top-1 on the evaluated images, drop vs dense)."""
+    lines = []
+    for model, res in results.items():
+        fp = _top1(res, "dense")
+        lines += [f"### {model}", "", "| variant | top-1 (%) | vs dense (pt) | size vs FP32 | BOPs vs FP32 |",
+                  "|---|---:|---:|---:|---:|"]
+        for key, label in ROWS:
+            t = _top1(res, key)
+            if t is None:
+                continue
+            r = res[key.partition(":")[0]]
+            size = f"×{r['size_reduction']:.2f}" if "size_reduction" in r and ":" not in key else "-"
+            bops = f"×{r['bops_reduction']:.1f}" if "bops_reduction" in r and ":" not in key else "-"
+            if key in ("dense", "oneshot", "prune-ce"):  # float models: ratios against the dense run's own cost
+                d = res["dense"]
+                size, bops = f"×{d['size_bytes'] / r['size_bytes']:.2f}", f"×{d['bops'] / r['bops']:.2f}"
+            lines.append(f"| {label} | {t:.2f} | {t - fp:+.2f} | {size} | {bops} |")
+        abl = [(f"{fmt}{suffix}", f"{fmt.upper()} {what}") for fmt in ("int8", "int4")
+               for suffix, what in (("", "full (α, β, γ = 1, 10, 5, weight factor on)"),
+                                    ("-no-wf", "weight factor off"), ("-no-soft", "soft loss off (β = 0)"),
+                                    ("-no-feat", "feature loss off (γ = 0)"))]
+        if any(k in res for k, _ in abl if "-" in k):
+            lines += ["", "| ablation (stage 2 only) | top-1 (%) | vs full (pt) |", "|---|---:|---:|"]
+            for key, label in abl:
+                if key in res:
+                    full = res[key.split("-")[0]]["q_top1"]
+                    lines.append(f"| {label} | {res[key]['q_top1']:.2f} | {res[key]['q_top1'] - full:+.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="vit-fmnist")
@@ -107,7 +155,7 @@ def main(argv=None) -> int:
         text = json.dumps(results, indent=2)
         if args.json:
             Path(args.json).write_text(text + "\n")
-        print(text)
+        print(markdown(results))
         return 0
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
