@@ -183,3 +183,21 @@ def test_allocate_cli_end_to_end(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["curve_seconds"] == m["curve_seconds"]
     assert main(["allocate", "--model", "vit-fmnist", "--budget", "3"]) == 2
     assert "--out DIR is required with --model" in capsys.readouterr().err
+
+
+def test_module_target_measures_that_modules_output(images):
+    """target='blocks.0': the chain stops at block 0 and its output is compared; block-1 layers must be
+    excluded (they cannot change it)."""
+    model = tiny_vit()
+    chain = model_chain(model, "blocks.0", check=images)
+    assert chain.names == ("patch_embed", "blocks.0")
+    with torch.no_grad():
+        assert torch.equal(chain.run(images), model.blocks[0](chain.inputs(images)[0][1]))
+    with pytest.raises(ConfigError, match="layer 'blocks.1.attn.qkv' does not run before the target 'blocks.0'"):
+        measure_curves(model, [images], target="blocks.0", bits=(2, 8), progress=False)
+    curves = measure_curves(model, [images], target="blocks.0", bits=(2, 8), exclude=("blocks.1.*",), progress=False)
+    assert len(curves) == 5 and all(c.distortion[0] > c.distortion[1] for c in curves.units)
+    with pytest.raises(ConfigError, match="or a module name of the model, got 'blocks.7'"):
+        model_chain(model, "blocks.7")
+    with pytest.raises(ConfigError, match="must be inside a block of the chain"):
+        model_chain(model, "head")

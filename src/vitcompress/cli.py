@@ -188,7 +188,8 @@ def _allocate(args: argparse.Namespace) -> int:
         raise VitCompressError("--out DIR is required with --model (the output folder)")
     job = AllocateJob(model=args.model, budget=args.budget, unit=args.unit, solver=args.solver, bits=tuple(args.bits),
                       min_bits=args.min_bits, margin=args.margin, n_images=args.n_images, calib_size=args.calib_size,
-                      act_bits=args.act_bits, head_bits=args.head_bits, target=args.target, seed=args.seed,
+                      act_bits=args.act_bits, head_bits=args.head_bits, target=args.target, exclude=tuple(args.exclude),
+                      seed=args.seed,
                       data_root=args.data_root, eval_limit=args.limit)
     m = run_allocate(job, args.out)
     if args.json:

@@ -53,6 +53,7 @@ class AllocateJob:
     act_bits: int = 8
     head_bits: int = 8
     target: str = "pre_logits"
+    exclude: tuple[str, ...] = ()
     seed: int = 0
     data_root: str | None = None
     eval_limit: int | None = None
@@ -65,11 +66,12 @@ class AllocateJob:
             raise ConfigError("give min_bits or margin, not both")
         QuantSpec(self.act_bits)  # names the field on a bad value
         object.__setattr__(self, "bits", tuple(self.bits))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
 
     def curves_key(self) -> dict:
         """What the curves depend on (a cached curves file is reused only when this matches)."""
         return {"model": self.model, "unit": self.unit, "bits": list(self.bits), "n_images": self.n_images,
-                "target": self.target, "seed": self.seed, "data_root": self.data_root}
+                "target": self.target, "exclude": list(self.exclude), "seed": self.seed, "data_root": self.data_root}
 
 
 def base_recipe(act_bits: int) -> Recipe:
@@ -84,12 +86,12 @@ def _curves(job: AllocateJob, model, calib, out: Path | None) -> tuple[Curves, d
         meta = json.loads(meta_path.read_text())
         if meta.get("key") == job.curves_key():
             curves = Curves.from_json(path)
-            check_curves_match(curves, model, job.unit)
+            check_curves_match(curves, model, job.unit, job.exclude)
             log.info("reusing the distortion curves in %s", path)
             return curves, meta["info"]
     info: dict = {}
-    curves = measure_curves(model, calib, job.unit, job.bits, job.target, job.n_images, progress=job.progress,
-                            info=info)
+    curves = measure_curves(model, calib, job.unit, job.bits, job.target, job.n_images, exclude=job.exclude,
+                            progress=job.progress, info=info)
     if path:
         curves.to_json(path)
         write_json(meta_path, {"key": job.curves_key(), "info": info})

@@ -94,20 +94,47 @@ def _swin_steps(m: nn.Module, target: str) -> tuple[list[str], list[Step]]:
     return names, steps
 
 
+def _captured(module: nn.Module, run: Callable[[], object]) -> torch.Tensor:
+    """The output of ``module`` during ``run()`` (its last call)."""
+    got: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: got.append(out))
+    try:
+        run()
+    finally:
+        handle.remove()
+    if not got or not isinstance(got[-1], torch.Tensor):
+        raise UnsupportedModelError(f"target module {type(module).__name__} did not return a tensor")
+    return got[-1]
+
+
+def _until_module(names: list[str], steps: list[Step], module: nn.Module,
+                  target: str) -> tuple[list[str], list[Step]]:
+    """Steps up to the one that runs ``module``; that step returns the module's output."""
+    k = next((i for i, n in enumerate(names) if target == n or target.startswith(n + ".")), None)
+    if k is None or k == len(names) - 1:  # the last step: pooling, head
+        raise ConfigError(f"target module {target!r} must be inside a block of the chain {names[:-1]}")
+    last = steps[k]
+    return names[: k + 1], steps[:k] + [lambda x: _captured(module, lambda: last(x))]
+
+
 def model_chain(model: nn.Module, target: str = "pre_logits", check: torch.Tensor | None = None) -> Chain:
     """The chain of a timm ViT/DeiT or Swin.
 
     Args:
         model: a timm ``VisionTransformer`` or ``SwinTransformer`` (float or prepared).
-        target: ``pre_logits`` (backbone features, the input of the classifier) or ``logits``.
+        target: ``pre_logits`` (backbone features, the input of the classifier), ``logits``, or the
+            name of a module inside a block (its output; the chain then stops at that block).
         check: images; if given, the chain's output must equal the model's (exactly).
 
     Raises:
         ConfigError: unknown ``target``.
         UnsupportedModelError: another architecture, or the chain disagrees with the model.
     """
+    module = None
     if target not in TARGETS:
-        raise ConfigError(f"target must be one of {list(TARGETS)}, got {target!r}")
+        module = dict(model.named_modules()).get(target) if target else None
+        if module is None:
+            raise ConfigError(f"target must be one of {list(TARGETS)} or a module name of the model, got {target!r}")
     if hasattr(model, "blocks") and hasattr(model, "_pos_embed") and getattr(model, "dist_token", None) is None:
         names, steps = _vit_steps(model, target)
     elif hasattr(model, "layers") and all(hasattr(s, "blocks") and hasattr(s, "downsample") for s in model.layers):
@@ -117,10 +144,15 @@ def model_chain(model: nn.Module, target: str = "pre_logits", check: torch.Tenso
             f"{type(model).__name__}: block-wise search supports timm VisionTransformer/DeiT (no distillation "
             f"token) and SwinTransformer"
         )
+    if module is not None:
+        names, steps = _until_module(names, steps, module, target)
     chain = Chain(tuple(names), tuple(steps), target)
     if check is not None:
         with torch.no_grad():
-            expected = model.forward_head(model.forward_features(check), pre_logits=target == "pre_logits")
+            if module is None:
+                expected = model.forward_head(model.forward_features(check), pre_logits=target == "pre_logits")
+            else:
+                expected = _captured(module, lambda: model(check))
             got = chain.run(check)
         if got.shape != expected.shape or not torch.equal(got, expected):
             diff = (f"max difference {(got - expected).abs().max().item():.3g}" if got.shape == expected.shape

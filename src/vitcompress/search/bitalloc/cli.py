@@ -53,7 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--calib-size", type=int, default=1000, help="calibration images for the activation ranges")
     m.add_argument("--act-bits", type=int, default=8, help="bits of every activation point")
     m.add_argument("--head-bits", type=int, default=8, help="uniform bits of the classifier weights")
-    m.add_argument("--target", default="pre_logits", choices=["pre_logits", "logits"], help="features compared")
+    m.add_argument("--target", default="pre_logits", help="features compared: pre_logits, logits, or a module inside "
+                   "a block (e.g. blocks.3); layers after that module must be excluded")
+    m.add_argument("--exclude", nargs="+", default=[], help="globs of backbone layers left out (they keep 8 bits)")
     m.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
     m.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
     m.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files")

@@ -88,7 +88,8 @@ def measure_curves(model: nn.Module, calib: Iterable, unit: str = "layer", bits:
         calib: calibration images (Dataset, loader or batches); the first ``n_images`` are used.
         unit: ``"layer"`` or ``"group:G"`` (G output channels per unit).
         bits: candidate bit widths (2..8).
-        target: ``pre_logits`` (backbone features; METHODS §2.1) or ``logits``.
+        target: ``pre_logits`` (backbone features; METHODS §2.1), ``logits``, or a module inside a
+            block (e.g. ``blocks.3`` or ``layers.2.blocks.5.mlp``): the MSE of its output.
         n_images: calibration images (seed 003: 64).
         batch_size: images per forward.
         exclude: globs of backbone layers to leave out (they keep the recipe's bits).
@@ -119,7 +120,8 @@ def measure_curves(model: nn.Module, calib: Iterable, unit: str = "layer", bits:
     for layer, layer_units in by_layer.items():
         step = chain.step_of(layer)
         if step is None:
-            raise ConfigError(f"layer {layer!r} is outside the model's block chain; exclude it")
+            raise ConfigError(f"layer {layer!r} does not run before the target {target!r}; exclude it "
+                              f"(exclude=... / it cannot change the target features)")
         weight = model.get_submodule(layer).weight
         original = weight.detach().clone()
         try:
