@@ -8,6 +8,7 @@ and draws the charts.
   python benchmarks/mixaq.py search --init uniform-sum # NSGA-II, 2 generations, population 8
   python benchmarks/mixaq.py search --init naive
   python benchmarks/mixaq.py saqa   --config w4a4a2 --steps 150   # SAQA from the LSQ training-free model
+  python benchmarks/mixaq.py point  --ratios 0 0 0 0 0 0 --ratios 0 .2 .5 .7 .5 .2 --test-limit 10000
   python benchmarks/mixaq.py merge
 
 Every run: 1 torch thread, calibration = 256 train images (seeded permutation, seed 0), the search scores
@@ -26,6 +27,7 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vitcompress.config import get_preset
@@ -121,6 +123,17 @@ def run_saqa(args) -> None:
         save(name, out)
 
 
+def run_point(args) -> None:
+    """Given ratio vectors on (by default) the whole test set."""
+    model, _, test = build(args, args.config)
+    name = f"points_{args.config}_{args.test_limit}"
+    out = {"meta": meta(args), "config": args.config, "rows": []}
+    for ratios in args.ratios:
+        out["rows"].append(row(model, test, args.test_limit, ratios))
+        log.info("point %s: top-1 %.2f rel BOPs %.4f", ratios, out["rows"][-1]["top1"], out["rows"][-1]["rel_bops"])
+        save(name, out)
+
+
 def run_prune(args) -> None:
     model, _, test = build(args, "a8a4")
     n = len(model_groups(model))
@@ -151,7 +164,6 @@ def run_search(args) -> None:
 
 def merge(args) -> None:
     runs = {p.stem: json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))}
-    write_json(RESULTS / "mixaq.json", runs)
     curves = {}
     if "curve_a8a4" in runs:
         curves["W8 A8/A4, uniform ratios"] = [(r["rel_bops"], r["top1"]) for r in runs["curve_a8a4"]["rows"]]
@@ -170,13 +182,34 @@ def merge(args) -> None:
     if series:
         base = next(v["baseline"] for k, v in runs.items() if k.startswith("search_a8a4_"))
         pareto_chart(RESULTS / "mixaq_search.png", series, base, title="NSGA-II, 2 generations (held-out top-1)")
+    for k, v in runs.items():
+        if k.startswith("search_"):
+            v["summary"] = search_summary(v)
+            print(k, v["summary"])
+    write_json(RESULTS / "mixaq.json", runs)
     print(json.dumps({k: [(r.get("ratios"), r.get("prune"), r["top1"], round(r["rel_bops"], 4))
                            for r in v.get("rows", v.get("test", []))] for k, v in runs.items()}, indent=1))
 
 
+def search_summary(run: dict) -> dict:
+    """Hypervolume of the held-out front (objectives: top-1 loss vs the ratio-0 point + 2 pt, relative
+    BOPs up to 1) and the best held-out top-1 within 1/1.3 and 0.6 relative BOPs."""
+    from pymoo.indicators.hv import HV
+
+    base = run["baseline"]["top1"]
+    f = np.array([[base - p["top1"], p["rel_bops"]] for p in run["evaluated"]])
+    hv = float(HV(ref_point=np.array([2.0, 1.0]))(f)) if len(f) else 0.0
+    best = {}
+    for budget in (1 / 1.3, 0.6):
+        inside = [p["top1"] for p in run["evaluated"] if p["rel_bops"] <= budget]
+        best[f"{budget:.3f}"] = max(inside) if inside else None
+    return {"hypervolume": hv, "best_heldout_top1_within": best, "baseline_heldout_top1": base,
+            "evaluated": len(run["evaluated"]), "cpu_s": run.get("cpu_s")}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiment", choices=["curve", "prune", "search", "saqa", "merge"])
+    p.add_argument("experiment", choices=["curve", "prune", "search", "saqa", "point", "merge"])
     p.add_argument("--config", choices=sorted(CONFIGS), default="a8a4")
     p.add_argument("--init", choices=["uniform-sum", "naive"], default="uniform-sum")
     p.add_argument("--population", type=int, default=8)
@@ -184,12 +217,14 @@ def main() -> None:
     p.add_argument("--calib", type=int, default=256)
     p.add_argument("--eval-images", type=int, default=1000)
     p.add_argument("--test-limit", type=int, default=5000)
+    p.add_argument("--ratios", type=float, nargs="+", action="append", default=[], help="point: a ratio vector")
     p.add_argument("--steps", type=int, default=150, help="SAQA steps (batch 32)")
     p.add_argument("--lr", type=float, default=1e-4, help="SAQA peak learning rate")
     args = p.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    runs = {"curve": run_curve, "prune": run_prune, "search": run_search, "saqa": run_saqa, "merge": merge}
+    runs = {"curve": run_curve, "prune": run_prune, "search": run_search, "saqa": run_saqa, "point": run_point,
+            "merge": merge}
     runs[args.experiment](args)
 
 
