@@ -115,3 +115,14 @@ def test_sigterm_in_stage_1_stops_before_stage_2_and_resumes(tmp_path, monkeypat
     res = run_gpusq(tiny_vit(), data(), data(), tiny_config("gpusq-int8"), state_dir=tmp_path, resume=True,
                     progress=False)
     assert res["prune"]["steps"] == 2 and res["qat"]["steps"] == 2
+
+
+def test_quant_recipe_fits_swin_and_8bit_edges():
+    from vitcompress.nn.convert import prepare
+
+    torch.manual_seed(0)
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=32, patch_size=2, in_chans=1,
+                             embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4, num_classes=10)
+    prepare(swin, gpusq_quant_recipe(4, "gpusq-int4"))  # Swin's head is head.fc
+    assert swin.head.fc.weight_quantizer.spec.bits == 8 and swin.patch_embed.proj.weight_quantizer.spec.bits == 8
+    assert swin.layers[0].blocks[0].mlp.fc1.weight_quantizer.spec.bits == 4

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 GPUSQ_RECIPES = ("gpusq-int8", "gpusq-int4")
 StageHook = Callable[[str, nn.Module], None]
-_EDGE_8BIT = (("patch_embed.proj.weight", (("bits", 8),)), ("head.weight", (("bits", 8),)))
+_EDGE_8BIT = (("patch_embed.proj.weight", (("bits", 8),)), ("head*.weight", (("bits", 8),)))  # Swin: head.fc
 
 
 @dataclass(frozen=True)
