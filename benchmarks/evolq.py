@@ -179,6 +179,7 @@ def passes_chart(path: Path, model: str, runs: list[dict]) -> None:
 
 def merge(args) -> None:
     parts = [json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))]
+    parts = [p for p in parts if p.get("kind") in ("table1", "fitness", "calib")]
     write_json(RESULTS / "evolq.json", {"parts": parts})
     print("## Table 1\n\n| model | bits | variant | seeds | top-1 (mean ± std) | per seed |\n"
           "|---|---|---|---|---:|---|")
