@@ -125,3 +125,15 @@ def test_restore_onto_other_architecture_names_mismatch(tmp_path):
     save(model, tmp_path / "m")
     with pytest.raises(CheckpointError, match=r"model.safetensors.*key"):
         restore(tmp_path / "m", model=build_zoo_model("swin-fmnist"))
+
+
+def test_quantized_attention_does_not_share_hook_containers_with_the_float_module():
+    from vitcompress.nn.attention import QuantAttention
+
+    attn = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1).blocks[0].attn
+    q = QuantAttention.from_float(attn, {p: QuantSpec(32) for p in ("q", "k", "v", "probs")}, "blocks.0.attn")
+    fired = []
+    q.register_forward_hook(lambda *a: fired.append("q"))
+    attn(torch.randn(1, 17, attn.qkv.in_features))
+    assert fired == [] and q._forward_hooks is not attn._forward_hooks
+    assert q.qkv is attn.qkv and q.head_dim == attn.head_dim  # parameters and attributes are still shared

@@ -30,7 +30,10 @@ def _clone_into(cls: type, module: nn.Module) -> nn.Module:
     """A new ``cls`` instance sharing the state (parameters, buffers, children) of ``module``."""
     q = cls.__new__(cls)
     nn.Module.__init__(q)
-    q.__dict__.update({k: v for k, v in module.__dict__.items() if k not in ("_modules", "_parameters", "_buffers")})
+    # plain attributes only: the hook and state containers of nn.Module stay q's own (sharing them would
+    # make a hook registered on one module fire on the other)
+    fresh = set(q.__dict__) - {"training"}
+    q.__dict__.update({k: v for k, v in module.__dict__.items() if k not in fresh})
     q._parameters.update(module._parameters)
     q._buffers.update(module._buffers)
     q._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
