@@ -204,3 +204,16 @@ def test_saqa_fine_tunes_both_branches(tmp_path):
         assert 0.2 - 1e-9 <= h["ratio_sum"] <= 1.4 + 1e-9
     with pytest.raises(ConfigError, match="sampler"):
         SAQAConfig(sampler="random")
+
+
+def test_two_branch_size_counts_shared_weights_once(calib):
+    """The low branch shares the high branch's weights: the stored size is the PTQ model's plus the low
+    branch's own LayerNorm copies (its activation scales are not counted: cost counts one row per weight)."""
+    from vitcompress.cost import cost
+
+    ptq = quantize_(tiny_swin(), get_preset("w8a8"), calib, progress=False)
+    mixed = mixaq_(tiny_swin(), calib, get_preset("w8a8"), 4, progress=False)
+    before, after = cost(ptq).size_bytes, cost(mixed).size_bytes
+    own = [(n, p) for n, p in mixed.named_parameters(remove_duplicate=True) if ".low." in n]
+    assert own and all(".norm" in n for n, _ in own)  # the low branch owns only its LayerNorm copies
+    assert after - before == 4 * sum(p.numel() for _, p in own)  # stored in FP32, nothing else is new

@@ -124,9 +124,12 @@ def _totals(model: nn.Module, layers: list[LayerCost], size: int) -> CostReport:
     stored = _stored_tensors(model)
     every = sum(t.numel() for t in stored.values())
     # the weights of the linear/conv rows are in their size_bits; everything else is stored at 32 bit
-    row_weights = {id(model.get_submodule(r.name).weight) for r in layers if r.kind != "matmul"}
+    row_weights: dict[int, int] = {}  # weight id -> its row's size_bits; a weight shared by two modules
+    for r in layers:                  # (MixA-Q's two branches) is stored, and counted, once
+        if r.kind != "matmul":
+            row_weights.setdefault(id(model.get_submodule(r.name).weight), r.size_bits)
     other = every - sum(stored[i].numel() for i in row_weights if i in stored)
-    size_bits = sum(r.size_bits for r in layers) + other * FP_BITS
+    size_bits = sum(row_weights.values()) + sum(r.size_bits for r in layers if r.kind == "matmul") + other * FP_BITS
     bops_fp32 = macs * FP_BOPS_PER_MAC
     return CostReport(
         layers=tuple(layers),
