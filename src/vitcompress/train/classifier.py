@@ -20,6 +20,7 @@ from vitcompress.data.datasets import make_loader
 from vitcompress.io import atomic_path
 from vitcompress.models.zoo import TrainRecipe
 from vitcompress.train.schedule import warmup_cosine
+from vitcompress.train.trainer import param_groups
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +31,6 @@ def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch:
     with atomic_path(path) as tmp:
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                     "epoch": torch.tensor(epoch), "seconds": torch.tensor(seconds)}, tmp)
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, position embeddings and tokens (as DeiT/timm do)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "dist_token")) or "bias_table" in name
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def train_classifier(model: nn.Module, train_set: Dataset, recipe: TrainRecipe, state_dir: str | Path,
@@ -58,7 +48,7 @@ def train_classifier(model: nn.Module, train_set: Dataset, recipe: TrainRecipe, 
     state_dir.mkdir(parents=True, exist_ok=True)
     state_path = state_dir / STATE_FILE
     torch.manual_seed(recipe.seed)
-    opt = torch.optim.AdamW(_param_groups(model, recipe.weight_decay), lr=recipe.lr)
+    opt = torch.optim.AdamW(param_groups(model, recipe.weight_decay), lr=recipe.lr)
     start_epoch, seconds = 0, 0.0
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
