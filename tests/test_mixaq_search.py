@@ -2,7 +2,6 @@
 
 import json
 import math
-import pickle
 
 import pytest
 import timm
@@ -58,7 +57,7 @@ def test_search_finds_a_front_and_writes_outputs(tmp_path):
     assert front == pareto_front(result.evaluated)
     for a, b in zip(front, front[1:]):  # along the front: more BOPs buys more accuracy
         assert a["bops"] <= b["bops"] and a["top1"] <= b["top1"]
-    for name in ("pareto.json", "pareto.png", "chosen.json", "state.pkl"):
+    for name in ("pareto.json", "pareto.png", "chosen.json", "state.json"):
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / "pareto.json").read_text())
     assert saved["front"] == front
@@ -83,9 +82,11 @@ def test_interrupted_search_resumes_to_the_same_end(tmp_path):
     objective, calls = counting(14)  # dies during generation 1 or 2, after at least one saved generation
     with pytest.raises(Interrupt):
         search_ratios(objective, 4, config, out=tmp_path / "run")
-    with open(tmp_path / "run" / "state.pkl", "rb") as f:
-        assert pickle.load(f)["algorithm"].n_gen >= 2
-    resumed = search_ratios(fake_objective, 4, config, out=tmp_path / "run", resume=True)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["generation"] >= 2 and len(state["cache"]) >= 6  # at least the initial population is saved
+    paid, again = counting(10_000)
+    resumed = search_ratios(paid, 4, config, out=tmp_path / "run", resume=True)
+    assert len(again) == len(reference.evaluated) + 1 - len(state["cache"])  # nothing evaluated twice
     assert resumed.front == reference.front
     assert [p["ratios"] for p in resumed.evaluated] == [p["ratios"] for p in reference.evaluated]
     with pytest.raises(StateError, match="other settings"):

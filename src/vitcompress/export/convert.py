@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitcompress.errors import ConfigError, StateError
+from vitcompress.errors import ConfigError, StateError, UnsupportedModelError
 from vitcompress.export.qdq import QDQ, DequantizeWeight
 from vitcompress.nn.attention import QuantAttention, QuantWindowAttention
 from vitcompress.nn.linear import QuantConv2d, QuantLayerNorm, QuantLinear
@@ -120,7 +120,9 @@ def activation_qdq(qz: Quantizer, policy: str, points: _Points, axis_map: int | 
         scale = qz.scale * torch.exp2(qz.alpha.float())  # (C,): s·2^α_c, shared zero point
         zero = qz.zero_point.expand_as(scale)
         return _uniform_qdq(qz, scale, zero, False, -1, spec.bits, policy, points, "PTF as per-channel QDQ")
-    assert isinstance(qz, UniformQuantizer)
+    if not isinstance(qz, UniformQuantizer):
+        raise UnsupportedModelError(f"quantizer {qz.name}: {type(qz).__name__} has no ONNX export (uniform, log2 "
+                                    f"and PTF quantizers do)")
     if spec.granularity == "token":
         points.add(qz, "float", "dynamic per-token ranges have no static scale: kept float", exact=False)
         return nn.Identity()

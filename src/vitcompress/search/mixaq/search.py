@@ -6,16 +6,18 @@ initial population comes from the uniform-sum sampler (Algorithm 1) or, for comp
 Offspring: SBX crossover and polynomial mutation on the integer grid (rounding repair), duplicates
 eliminated; ``generations`` counts the offspring generations after the initial population.
 
-Resumable: after every generation the pymoo algorithm (its own random generator inside), the cache of
-evaluated vectors and the history are pickled atomically to ``OUT/state.pkl``; a resumed run with the
-same configuration continues from there and ends exactly as an uninterrupted one (the evaluation is a
-deterministic function of the ratios). A state written for another configuration is refused.
+Resumable without pickling: after every generation the evaluated vectors and their objectives are
+written atomically to ``OUT/state.json`` (with a fingerprint of the configuration). A resumed run
+replays NSGA-II from its seed and takes every objective it has already paid for from that cache, so
+the expensive model evaluations are not repeated; the algorithm is deterministic given its seed and
+the objectives, so the replay reaches the same state and the run ends exactly as an uninterrupted
+one (tested). A state written for another configuration is refused.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from vitcompress.search.mixaq.sampling import _grid, naive_sample, sum_range_fro
 log = logging.getLogger(__name__)
 
 INITS = ("uniform-sum", "naive")
-STATE_FILE, FRONT_FILE, CHOSEN_FILE, CHART_FILE = "state.pkl", "pareto.json", "chosen.json", "pareto.png"
+STATE_FILE, FRONT_FILE, CHOSEN_FILE, CHART_FILE = "state.json", "pareto.json", "chosen.json", "pareto.png"
 # evaluate(ratios) -> (top-1 in %, BOPs)
 EvaluateFn = Callable[[tuple[float, ...]], tuple[float, int]]
 
@@ -122,7 +124,8 @@ def pareto_front(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _fingerprint(config: MixAQSearchConfig, n_groups: int, tag: str) -> dict[str, Any]:
-    return {"config": asdict(config), "n_groups": n_groups, "tag": tag}
+    # through JSON once, so a fingerprint read back from state.json compares equal (tuples become lists)
+    return json.loads(json.dumps({"config": asdict(config), "n_groups": n_groups, "tag": tag}))
 
 
 def _make_algorithm(config: MixAQSearchConfig, n_groups: int):
@@ -153,9 +156,9 @@ def search_ratios(evaluate: EvaluateFn, n_groups: int, config: MixAQSearchConfig
         evaluate: the objective (see :func:`model_evaluator` for a model).
         n_groups: ratios per vector.
         config: the search settings.
-        out: folder for ``state.pkl`` (after every generation), ``pareto.json``, ``chosen.json`` and
+        out: folder for ``state.json`` (after every generation), ``pareto.json``, ``chosen.json`` and
             ``pareto.png``; None: nothing written, no resume.
-        resume: continue from ``out/state.pkl`` if it exists (StateError if it was written for another
+        resume: continue from ``out/state.json`` if it exists (StateError if it was written for another
             configuration or ``tag``).
         tag: extra identity of the objective (model, recipe, held-out split) checked on resume.
 
@@ -172,30 +175,32 @@ def search_ratios(evaluate: EvaluateFn, n_groups: int, config: MixAQSearchConfig
         out.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(config, n_groups, tag)
     state_path = out / STATE_FILE if out is not None else None
+    cache: dict[tuple[float, ...], tuple[float, int]] = {}
     if resume and state_path is not None and state_path.is_file():
-        with open(state_path, "rb") as f:
-            state = pickle.load(f)
-        if state["fingerprint"] != fingerprint:
+        state = json.loads(state_path.read_text())
+        if state.get("fingerprint") != fingerprint:
             raise StateError(f"{state_path} was written by a search with other settings; use another --out "
                              "or drop --resume")
-        problem, algorithm, cache, evaluated = state["problem"], state["algorithm"], state["cache"], state["evaluated"]
-        log.info("resuming MixA-Q search at generation %d", algorithm.n_gen)
-    else:
-        problem, algorithm = _make_algorithm(config, n_groups)
-        cache: dict[tuple[float, ...], tuple[float, int]] = {}
-        evaluated: list[dict[str, Any]] = []
+        cache = {tuple(e["ratios"]): (e["top1"], e["bops"]) for e in state["cache"]}
+        log.info("resuming MixA-Q search: %d evaluations cached, replaying from the seed", len(cache))
+    problem, algorithm = _make_algorithm(config, n_groups)
+    evaluated: list[dict[str, Any]] = []
+    seen: set[tuple[float, ...]] = set()
     zero = tuple(0.0 for _ in range(n_groups))
     if zero not in cache:
         cache[zero] = evaluate(zero)
     base_top1, base_bops = cache[zero]
+    seen.add(zero)  # the baseline is reported apart, not as an evaluated point
     while algorithm.has_next():
         generation = algorithm.n_gen or 1
         pop = algorithm.ask()
         objectives = []
         for x in np.rint(pop.get("X")).astype(np.int64):
             ratios = to_ratios(x)
-            if ratios not in cache:
-                cache[ratios] = evaluate(ratios)
+            if ratios not in seen:  # first time in this run (a replay takes the objective from the cache)
+                seen.add(ratios)
+                if ratios not in cache:
+                    cache[ratios] = evaluate(ratios)
                 top1, bops = cache[ratios]
                 evaluated.append({"ratios": list(ratios), "top1": top1, "bops": bops,
                                   "rel_bops": bops / base_bops, "generation": generation - 1})
@@ -205,9 +210,9 @@ def search_ratios(evaluate: EvaluateFn, n_groups: int, config: MixAQSearchConfig
         Evaluator().eval(StaticProblem(problem, F=np.array(objectives, dtype=float)), pop)
         algorithm.tell(infills=pop)
         if state_path is not None:
-            with atomic_path(state_path) as tmp, open(tmp, "wb") as f:
-                pickle.dump({"fingerprint": fingerprint, "problem": problem, "algorithm": algorithm,
-                             "cache": cache, "evaluated": evaluated}, f)
+            write_json(state_path, {"fingerprint": fingerprint, "generation": int(algorithm.n_gen),
+                                    "cache": [{"ratios": list(r), "top1": t, "bops": b}
+                                              for r, (t, b) in cache.items()]})
     baseline = {"ratios": list(zero), "top1": base_top1, "bops": base_bops, "rel_bops": 1.0}
     result = SearchResult(baseline=baseline, evaluated=evaluated, front=pareto_front(evaluated))
     for t in config.targets:
