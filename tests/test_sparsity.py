@@ -178,3 +178,23 @@ def test_cost_counts_sparse_storage_and_kept_macs():
 def test_plain_modules_without_mask_are_untouched():
     lin = nn.Linear(8, 4)
     assert not hasattr(lin, "weight_sparsity")
+
+
+def test_save_restore_keeps_the_masks(tmp_path):
+    from vitcompress.quantize import quantize_, restore, save
+
+    model = tiny_vit()
+    sparsify_(model, "2:4")
+    masks = masks_of(model)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    quantize_(model, Recipe(), [x], progress=False)
+    attach_masks_(model, masks)
+    save(model, tmp_path / "m")
+    back = restore(tmp_path / "m", tiny_vit())
+    assert sparsity_plan(back) == {n: "2:4" for n in masks}
+    assert all(torch.equal(masks[n][1], back.get_submodule(n).weight_sparsity.mask) for n in masks)
+    assert torch.equal(back(x), model.eval()(x))
+    dense = tiny_vit()  # a dense model saved over the sparse folder does not come back sparse
+    quantize_(dense, Recipe(), [x], progress=False)
+    save(dense, tmp_path / "m")
+    assert sparsity_plan(restore(tmp_path / "m", tiny_vit())) == {}

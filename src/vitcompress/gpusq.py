@@ -256,12 +256,9 @@ def write_gpusq_outputs(out: Path, model: nn.Module, sparse_float: nn.Module, ca
     from vitcompress.report.analysis import layer_stats
     from vitcompress.report.charts import bar_chart
     from vitcompress.report.markdown import compression_report
-    from vitcompress.sparsity import sparsity_plan
 
     out.mkdir(parents=True, exist_ok=True)
-    save(model, out / "model")
-    write_json(out / "model" / "sparsity.json", {"type": "vitcompress.Sparsity", "version": 1,
-                                                 "layers": sparsity_plan(model)})
+    save(model, out / "model")  # writes model/sparsity.json too; restore re-attaches the masks
     batch = torch.stack([calib[i][0] for i in range(min(64, len(calib)))])
     layers = layer_stats(sparse_float, model, batch)
     labels = [r.name for r in layers]

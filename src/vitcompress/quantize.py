@@ -27,12 +27,14 @@ from vitcompress.io import write_json
 from vitcompress.models.checkpoint import load_weights, save_weights
 from vitcompress.nn.convert import point_role, prepare, quantization_points
 from vitcompress.nn.linear import QuantConv2d, QuantLinear
+from vitcompress.sparsity import masks_from_weights_, sparsity_plan
 
 log = logging.getLogger(__name__)
 
 RECIPE_ATTR = "vitcompress_recipe"  # set on a quantized model
 SOURCE_ATTR = "vitcompress_source"  # set by load_model: how to rebuild the float model
 WEIGHTS_FILE, RECIPE_FILE, SOURCE_FILE = "model.safetensors", "recipe.json", "source.json"
+SPARSITY_FILE = "sparsity.json"  # N:M sparsity plan (layer -> pattern), when the model is sparse
 
 
 def recipe_of(model: nn.Module) -> Recipe:
@@ -121,7 +123,8 @@ def quantize_(model: nn.Module, recipe: Recipe, calib: Dataset | DataLoader | It
 
 
 def save(model: nn.Module, path: str | Path) -> Path:
-    """Write a quantized model to folder ``path``: weights + quantizer buffers, recipe, model source.
+    """Write a quantized model to folder ``path``: weights + quantizer buffers, recipe, model source,
+    and the N:M sparsity plan when the model has masks (``restore`` re-attaches them).
 
     Files are written atomically; ``model.safetensors`` is written last, so a folder without it is
     recognisably incomplete.
@@ -133,6 +136,11 @@ def save(model: nn.Module, path: str | Path) -> Path:
     source = getattr(model, SOURCE_ATTR, None)
     if source is not None:
         write_json(path / SOURCE_FILE, source)
+    plan = sparsity_plan(model)
+    if plan:  # N:M masks are rebuilt from the (sparse) weights on restore
+        write_json(path / SPARSITY_FILE, {"type": "vitcompress.Sparsity", "version": 1, "layers": plan})
+    elif (path / SPARSITY_FILE).exists():
+        (path / SPARSITY_FILE).unlink()  # a dense model saved over a sparse one must not come back sparse
     save_weights(model, path / WEIGHTS_FILE, metadata={"format": "vitcompress", "recipe": recipe.name})
     return path
 
@@ -161,6 +169,11 @@ def restore(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         model = model_from_source(json.loads((path / SOURCE_FILE).read_text()), weights=False)
     prepare(model, recipe)
     load_weights(model, path / WEIGHTS_FILE)
+    if (path / SPARSITY_FILE).is_file():
+        saved = json.loads((path / SPARSITY_FILE).read_text())
+        if saved.get("type") != "vitcompress.Sparsity" or not isinstance(saved.get("layers"), dict):
+            raise CheckpointError(f"{path / SPARSITY_FILE} is not a vitcompress sparsity file")
+        masks_from_weights_(model, saved["layers"])
     if recipe.bias_correction:
         for m in model.modules():
             if isinstance(m, (QuantLinear, QuantConv2d)):
