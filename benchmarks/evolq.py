@@ -154,7 +154,7 @@ def passes_chart(path: Path, model: str, runs: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vitcompress.io import atomic_path
+    from vitcompress.report.charts import save_figure
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
     for run in runs:
@@ -171,10 +171,7 @@ def passes_chart(path: Path, model: str, runs: list[dict]) -> None:
     for a in (a1, a2):
         a.grid(alpha=0.3)
     a1.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def merge(args) -> None:

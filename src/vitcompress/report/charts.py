@@ -18,9 +18,12 @@ def _figure(n: int):
     return plt, fig, ax
 
 
-def _save(plt, fig, path: Path) -> None:
+def save_figure(fig, path: str | Path) -> None:
+    """Write a matplotlib figure as PNG atomically (tight layout) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    with atomic_path(path) as tmp:
+    with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
 
@@ -40,4 +43,4 @@ def bar_chart(path: str | Path, labels: Sequence[str], series: dict[str, Sequenc
     if len(series) > 1:
         ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    _save(plt, fig, Path(path))
+    save_figure(fig, path)

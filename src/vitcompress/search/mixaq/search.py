@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from vitcompress.errors import ConfigError, StateError
-from vitcompress.io import atomic_path, write_json
+from vitcompress.io import write_json
+from vitcompress.report.charts import save_figure
 from vitcompress.search.mixaq.sampling import _grid, naive_sample, sum_range_from_cost, uniform_sum_sample
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,4 @@ def pareto_chart(path: str | Path, series: dict[str, Sequence[dict[str, Any]]], 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
