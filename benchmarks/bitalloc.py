@@ -28,16 +28,16 @@ import torch
 from vitcompress.cost import cost
 from vitcompress.data.datasets import calibration_subset, load_dataset
 from vitcompress.eval.classification import evaluate
-from vitcompress.flbq import base_recipe, layer_bits, weight_only_distortion
+from vitcompress.methods.flbq.job import base_recipe, layer_bits, weight_only_distortion
 from vitcompress.io import write_json, write_text
 from vitcompress.models.registry import input_spec_of, load_model
 from vitcompress.quantize import quantize_
 from vitcompress.report.charts import bar_chart
-from vitcompress.search.bitalloc import Curves, UnitCurve, dp_allocate, lagrangian_allocate
-from vitcompress.search.bitalloc.apply import plan_to_recipe
-from vitcompress.search.bitalloc.measure import measure_curves
-from vitcompress.search.bitalloc.solvers import BitPlan
-from vitcompress.search.bitalloc.units import backbone_layers, weight_units
+from vitcompress.methods.flbq import Curves, UnitCurve, dp_allocate, lagrangian_allocate
+from vitcompress.methods.flbq.apply import plan_to_recipe
+from vitcompress.methods.flbq.measure import measure_curves
+from vitcompress.methods.flbq.solvers import BitPlan
+from vitcompress.methods.flbq.units import backbone_layers, weight_units
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = {"vit-fmnist": 32, "swin-fmnist": 24}  # common divisors of every backbone layer's output channels

@@ -34,8 +34,8 @@ from vitcompress.eval import evaluate
 from vitcompress.io import write_json
 from vitcompress.models import input_spec_of, load_model
 from vitcompress.quantize import quantize_
-from vitcompress.search.evolq import EvolQConfig, evolq_
-from vitcompress.search.evolq.allocator import keep_freed_memory
+from vitcompress.methods.evolq import EvolQConfig, evolq_
+from vitcompress.methods.evolq.allocator import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "evolq"

@@ -12,8 +12,8 @@ import torch
 import vitcompress as vc
 from vitcompress.data import calibration_subset, load_dataset
 from vitcompress.models import input_spec_of
-from vitcompress.search.evolq import EvolQConfig, evolq_
-from vitcompress.search.evolq.allocator import keep_freed_memory
+from vitcompress.methods.evolq import EvolQConfig, evolq_
+from vitcompress.methods.evolq.allocator import keep_freed_memory
 
 
 def main() -> None:

@@ -9,7 +9,8 @@ import sys
 import torch
 
 from vitcompress.config import QuantSpec, get_preset
-from vitcompress.pipeline import CompressJob, run_compress
+from vitcompress.jobs import JobConfig, run_job
+from vitcompress.models.source import ModelSource
 
 torch.set_num_threads(2)
 model, bits = sys.argv[1], sys.argv[2]
@@ -25,5 +26,5 @@ variants = {
 }
 limit = int(sys.argv[3]) if len(sys.argv) > 3 else None
 for k, r in variants.items():
-    m = run_compress(CompressJob(model=model, recipe=r, eval_limit=limit, progress=False))
+    m = run_job(JobConfig(ModelSource(model), calib_size=1000, limit=limit), r).metrics
     print(f"{model} {bits} {k:<14} {m['q_top1']:.2f} (fp {m['fp_top1']:.2f})", flush=True)

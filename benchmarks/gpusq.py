@@ -27,7 +27,7 @@ import torch
 from vitcompress.cost import cost
 from vitcompress.data.datasets import calibration_subset, load_dataset
 from vitcompress.eval.classification import evaluate
-from vitcompress.gpusq import GPUSQJob, gpusq_preset, run_gpusq, run_gpusq_job
+from vitcompress.methods.gpusq.algorithm import GPUSQJob, gpusq_preset, run_gpusq, run_gpusq_job
 from vitcompress.models.registry import input_spec_of, load_model
 from vitcompress.sparsity import sparsify_
 

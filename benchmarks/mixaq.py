@@ -35,10 +35,10 @@ from vitcompress.data import load_dataset
 from vitcompress.eval import evaluate
 from vitcompress.io import write_json
 from vitcompress.models import input_spec_of, load_model
-from vitcompress.search.mixaq import act_bits_eq, mixaq_, mixed_cost, model_groups, set_ratios
-from vitcompress.search.mixaq.job import cached_batches, model_evaluator, split_calibration
-from vitcompress.search.mixaq.saqa import SAQAConfig, saqa_
-from vitcompress.search.mixaq.search import MixAQSearchConfig, pareto_chart, search_ratios
+from vitcompress.methods.mixaq import act_bits_eq, mixaq_, mixed_cost, model_groups, set_ratios
+from vitcompress.methods.mixaq.job import cached_batches, model_evaluator, split_calibration
+from vitcompress.methods.mixaq.saqa import SAQAConfig, saqa_
+from vitcompress.methods.mixaq.search import MixAQSearchConfig, pareto_chart, search_ratios
 from vitcompress.train.qat import qat_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,8 +16,9 @@ import torch
 
 from vitcompress.config import PRESETS, resolve_recipe
 from vitcompress.io import write_json, write_text
+from vitcompress.jobs import JobConfig, run_job
 from vitcompress.models import list_models
-from vitcompress.pipeline import CompressJob, run_compress
+from vitcompress.models.source import ModelSource
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,8 +63,8 @@ def main() -> None:
     t0 = time.perf_counter()
     for model in args.models:
         for preset in args.presets:
-            m = run_compress(CompressJob(model=model, recipe=resolve_recipe(preset), calib_size=args.calib_size,
-                                         eval_limit=args.limit, progress=False))
+            job = JobConfig(ModelSource(model), calib_size=args.calib_size, limit=args.limit)
+            m = run_job(job, resolve_recipe(preset)).metrics
             rows.append(m)
             print(f"{model} {preset}: {m['fp_top1']:.2f} -> {m['q_top1']:.2f} ({m['ptq_seconds']:.1f} s PTQ)",
                   flush=True)

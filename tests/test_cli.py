@@ -1,3 +1,4 @@
+import argparse
 import json
 import subprocess
 import sys
@@ -6,8 +7,10 @@ import pytest
 
 from vitcompress.cli import build_parser, main
 
-COMMANDS = [["demo"], ["eval"], ["zoo"], ["zoo", "list"], ["zoo", "train"], ["cost"], ["compress"], ["allocate"],
-            ["mixaq"], ["mixaq", "sample"], ["mixaq", "eqbits"], ["export"], ["bench"]]
+METHODS = ["ptq", "evolq", "flbq", "gpusq", "mixaq"]
+COMMANDS = [["demo"], ["eval"], ["zoo"], ["zoo", "list"], ["zoo", "train"], ["cost"], ["compress"],
+            *(["compress", m] for m in METHODS), ["allocate"], ["mixaq"], ["mixaq", "sample"], ["mixaq", "eqbits"],
+            ["export"], ["bench"]]
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a))
@@ -29,9 +32,37 @@ def test_unknown_model_is_a_one_line_error(capsys):
     assert err.startswith("vitcompress: error: unknown model 'nope'") and "\n" not in err
 
 
-def test_bad_recipe_is_a_one_line_error(capsys):
-    assert main(["compress", "--model", "vit-fmnist", "--recipe", "w5a5", "--out", "x"]) == 2
-    assert "recipe must be one of" in capsys.readouterr().err
+def test_every_method_is_a_compress_subcommand():
+    compress = next(a for a in build_parser()._actions if a.dest == "command").choices["compress"]
+    methods = next(a for a in compress._actions if a.dest == "method")
+    assert list(methods.choices) == METHODS
+
+
+def test_bad_recipe_is_a_one_line_error(capsys, tmp_path):
+    assert main(["compress", "ptq", "--model", "vit-fmnist", "--recipe", "w5a5", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "recipe must be one of" in err and "\n" not in err
+    assert not (tmp_path / "x").exists()  # nothing written before the inputs are checked
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_global_options_work_before_and_after_the_command(where, capsys):
+    argv = ["zoo", "list", "--json"]
+    argv = ["--threads", "0", *argv] if where == "before" else [*argv, "--threads", "0"]
+    assert main(argv) == 2
+    assert "threads must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["eval"], ["cost"], ["export"], ["bench"], *(["compress", m] for m in METHODS)])
+def test_model_option_is_the_same_on_every_command(command):
+    parser = build_parser()
+    sub = parser
+    for word in command:
+        sub = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
+    options = {o for a in sub._actions for o in a.option_strings}
+    assert {"--model", "--checkpoint", "--num-classes", "--in-chans", "--img-size", "--threads", "--data-root"} <= options
+    if command[0] == "compress":
+        assert {"--out", "--seed", "--calib-size", "--limit", "--resume"} <= options
 
 
 def test_zoo_list_json(capsys):

@@ -16,8 +16,8 @@ from vitcompress.config import get_preset
 from vitcompress.errors import ConfigError, StateError
 from vitcompress.quant import Quantizer
 from vitcompress.quantize import quantize_
-from vitcompress.search.evolq import EvolQConfig, evolq_, fitness_fn, infonce
-from vitcompress.search.evolq.blocks import network_steps, run_steps
+from vitcompress.methods.evolq import EvolQConfig, evolq_, fitness_fn, infonce
+from vitcompress.methods.evolq.blocks import network_steps, run_steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = dict(passes=2, cycles=3, population=4, tournament=3, calib_size=48, batch_size=16,

@@ -9,11 +9,11 @@ import torch
 from vitcompress.config import get_preset
 from vitcompress.errors import ConfigError, StateError, UnsupportedModelError
 from vitcompress.nn.convert import set_quantizers
-from vitcompress.nn.swin_mixed import TwoBranchSwinBlock, split_windows, token_importance, window_scores
+from vitcompress.methods.mixaq.two_branch import TwoBranchSwinBlock, split_windows, token_importance, window_scores
 from vitcompress.quantize import quantize_
-from vitcompress.search.mixaq import equivalent_bits
-from vitcompress.search.mixaq.bops import act_bits_eq, effective_ratios, group_macs, mixed_cost
-from vitcompress.search.mixaq.model import (
+from vitcompress.methods.mixaq import equivalent_bits
+from vitcompress.methods.mixaq.bops import act_bits_eq, effective_ratios, group_macs, mixed_cost
+from vitcompress.methods.mixaq.model import (
     calibrate_low,
     low_quantizers,
     mixaq_,
@@ -184,7 +184,7 @@ def test_mixaq_training_free_and_bops_match_equivalent_bits(calib):
 
 
 def test_saqa_fine_tunes_both_branches(tmp_path):
-    from vitcompress.search.mixaq.saqa import SAQAConfig, saqa_
+    from vitcompress.methods.mixaq.saqa import SAQAConfig, saqa_
     from vitcompress.train.qat import qat_recipe
 
     g = torch.Generator().manual_seed(5)

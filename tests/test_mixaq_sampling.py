@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vitcompress.errors import ConfigError
-from vitcompress.search.mixaq import (
+from vitcompress.methods.mixaq import (
     SWIN_T_C,
     SWIN_T_GMACS,
     equivalent_bits,
@@ -20,7 +20,7 @@ from vitcompress.search.mixaq import (
     sum_range_from_cost,
     uniform_sum_sample,
 )
-from vitcompress.search.mixaq.cli import add_eqbits_arguments, add_sample_arguments, run_eqbits, run_sample
+from vitcompress.methods.mixaq.cli import add_eqbits_arguments, add_sample_arguments, run_eqbits, run_sample
 
 pytestmark = pytest.mark.timeout(60)
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=150)

@@ -10,9 +10,9 @@ import torch
 from vitcompress.cli import main
 from vitcompress.config import get_preset
 from vitcompress.errors import ConfigError, StateError
-from vitcompress.search.mixaq.job import model_evaluator, split_calibration
-from vitcompress.search.mixaq.model import get_ratios, mixaq_
-from vitcompress.search.mixaq.search import (
+from vitcompress.methods.mixaq.job import model_evaluator, split_calibration
+from vitcompress.methods.mixaq.model import get_ratios, mixaq_
+from vitcompress.methods.mixaq.search import (
     MixAQSearchConfig,
     initial_population,
     pareto_front,

@@ -14,6 +14,15 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
+    "compress_": "vitcompress.api",
+    "Result": "vitcompress.result",
+    "run_job": "vitcompress.jobs",
+    "JobConfig": "vitcompress.jobs",
+    "ModelSource": "vitcompress.models.source",
+    "EvolQConfig": "vitcompress.methods.evolq",
+    "FLBQConfig": "vitcompress.methods.flbq",
+    "GPUSQConfig": "vitcompress.methods.gpusq",
+    "MixAQConfig": "vitcompress.methods.mixaq",
     "load_model": "vitcompress.models.registry",
     "list_models": "vitcompress.models.registry",
     "evaluate": "vitcompress.eval.classification",

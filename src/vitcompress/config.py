@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vitcompress.errors import ConfigError
+from vitcompress.validate import known_keys, one_of
 
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 GROUP_BITS = (2, 3, 4, 5, 6, 7, 8, 16)  # per-group bit widths (a group cannot be "off")
@@ -22,11 +23,6 @@ SCHEMES = ("symmetric", "asymmetric", "log2", "ptf")
 GRANULARITIES = ("tensor", "channel", "group", "token")
 OBSERVERS = ("minmax", "percentile", "omse", "mse")
 ROLES = ("weight", "act", "qkv", "probs", "norm")  # what a quantization point quantizes
-
-
-def _check(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -58,10 +54,10 @@ class QuantSpec:
     group_bits: tuple[int, ...] | None = None  # last: positional construction keeps working
 
     def __post_init__(self) -> None:
-        _check("bits", self.bits, ALLOWED_BITS)
-        _check("scheme", self.scheme, SCHEMES)
-        _check("granularity", self.granularity, GRANULARITIES)
-        _check("observer", self.observer, OBSERVERS)
+        one_of("bits", self.bits, ALLOWED_BITS)
+        one_of("scheme", self.scheme, SCHEMES)
+        one_of("granularity", self.granularity, GRANULARITIES)
+        one_of("observer", self.observer, OBSERVERS)
         if self.granularity == "group":
             if not isinstance(self.group_size, int) or self.group_size < 1:
                 raise ConfigError(f"group_size must be a positive integer for granularity 'group', "
@@ -103,12 +99,7 @@ class QuantSpec:
 
 
 def _reject_unknown(d: dict, cls: type, where: str, extra: tuple = ()) -> None:
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
-    known = {f.name for f in fields(cls)} | set(extra)
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ConfigError(f"{where} has unknown key {unknown[0]!r}; allowed keys: {sorted(known)}")
+    known_keys(where, d, [f.name for f in fields(cls)] + list(extra))
 
 
 UNKNOWN_LAYER_POLICIES = ("error", "float")
@@ -145,7 +136,7 @@ class Recipe:
         for role in ROLES:
             if not isinstance(getattr(self, role), QuantSpec):
                 raise ConfigError(f"{role} must be a QuantSpec, got {type(getattr(self, role)).__name__}")
-        _check("unknown_layers", self.unknown_layers, UNKNOWN_LAYER_POLICIES)
+        one_of("unknown_layers", self.unknown_layers, UNKNOWN_LAYER_POLICIES)
         if self.version != 1:
             raise ConfigError(f"version must be one of [1], got {self.version!r}")
         normalised = []
@@ -161,7 +152,7 @@ class Recipe:
 
     def spec_for(self, point: str, role: str) -> QuantSpec:
         """The spec of quantization point ``point`` with role ``role`` after overrides."""
-        _check("role", role, ROLES)
+        one_of("role", role, ROLES)
         base = getattr(self, role)
         pattern = self.matching_override(point)
         if pattern is None:
@@ -233,9 +224,12 @@ class Recipe:
 
 
 # ---- presets -------------------------------------------------------------------------------------
-# First and last layers (patch embedding, head) stay at 8 bit in every preset, as is common practice
-# (FQ-ViT, PTQ4ViT, RepQ-ViT): they hold few parameters and dominate the error at low bit widths.
-_EDGE_8BIT = (("patch_embed.proj.*", (("bits", 8),)), ("head.*", (("bits", 8),)))
+EDGE_8BIT = (("patch_embed.proj.*", (("bits", 8),)), ("head.*", (("bits", 8),)))
+"""Recipe overrides keeping the first and last layers (patch embedding, head: weight and input) at 8 bit.
+
+Every preset uses them, as is common practice (FQ-ViT, PTQ4ViT, RepQ-ViT): these layers hold few
+parameters and dominate the error at low bit widths. Pass as ``Recipe(..., overrides=EDGE_8BIT)``.
+"""
 _BITS = {"w8a8": (8, 8), "w6a6": (6, 6), "w4a8": (4, 8), "w4a4": (4, 4), "w3a8": (3, 8)}
 
 
@@ -244,14 +238,14 @@ def _minmax_preset(name: str, wb: int, ab: int) -> Recipe:
     softmax and LayerNorm inputs: every activation is quantized (q, k, v, probabilities, LN inputs)."""
     act = QuantSpec(ab, "asymmetric")
     return Recipe(name=name, weight=QuantSpec(wb, "symmetric", "channel"), act=act, qkv=act, probs=act,
-                  norm=act, overrides=_EDGE_8BIT)
+                  norm=act, overrides=EDGE_8BIT)
 
 
 def _fqvit_preset(name: str, wb: int, ab: int) -> Recipe:
     """FQ-ViT style: OMSE activation ranges, PTF LayerNorm inputs, log2 softmax, bias correction."""
     act = QuantSpec(ab, "asymmetric", observer="omse")
     return Recipe(name=name, weight=QuantSpec(wb, "symmetric", "channel"), act=act, qkv=act,
-                  probs=QuantSpec(ab, "log2"), norm=QuantSpec(ab, "ptf"), overrides=_EDGE_8BIT,
+                  probs=QuantSpec(ab, "log2"), norm=QuantSpec(ab, "ptf"), overrides=EDGE_8BIT,
                   bias_correction=True)
 
 

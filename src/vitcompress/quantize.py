@@ -19,8 +19,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from vitcompress.calib import iter_images
 from vitcompress.config import Recipe
+from vitcompress.data.calib import iter_images
 from vitcompress.errors import CheckpointError, StateError
 from vitcompress.eval.classification import check_input
 from vitcompress.io import write_json
@@ -55,8 +55,7 @@ def _calibrate_weights(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def calibrate_activations(model: nn.Module, calib: Dataset | DataLoader | Iterable, batch_size: int = 64,
-                          progress: bool = True) -> int:
+def calibrate_activations(model: nn.Module, calib: Dataset | DataLoader | Iterable, batch_size: int = 64) -> int:
     """One streaming pass over ``calib`` with float weights and activations; then fix activation scales.
 
     Statistics are those of the float model (as in FQ-ViT): the quantizers observe and pass through.
@@ -73,7 +72,7 @@ def calibrate_activations(model: nn.Module, calib: Dataset | DataLoader | Iterab
     model.eval()
     seen = 0
     try:
-        for x in tqdm(iter_images(calib, batch_size), desc="calibrate", leave=False, disable=not progress):
+        for x in tqdm(iter_images(calib, batch_size), desc="calibrate", leave=False):
             if seen == 0:
                 check_input(model, x)
             model(x)
@@ -89,7 +88,7 @@ def calibrate_activations(model: nn.Module, calib: Dataset | DataLoader | Iterab
 
 
 def quantize_(model: nn.Module, recipe: Recipe, calib: Dataset | DataLoader | Iterable | None,
-              batch_size: int = 64, progress: bool = True) -> nn.Module:
+              batch_size: int = 64) -> nn.Module:
     """Quantize ``model`` in place following ``recipe`` (post-training quantization).
 
     Args:
@@ -111,7 +110,7 @@ def quantize_(model: nn.Module, recipe: Recipe, calib: Dataset | DataLoader | It
     if needs_data:
         if calib is None:
             raise StateError("recipe quantizes activations: pass calibration data (calib)")
-        seen = calibrate_activations(model, calib, batch_size, progress)
+        seen = calibrate_activations(model, calib, batch_size)
     if recipe.bias_correction:
         for m in model.modules():
             if isinstance(m, (QuantLinear, QuantConv2d)):

@@ -58,7 +58,7 @@ def weight_storage_bits(module: nn.Module, name: str) -> int:
 
     A module that defines ``storage_bits()`` supplies this number itself; a module with an N:M mask
     (child ``weight_sparsity`` with ``storage_bits(channel_bits, reduction)``) is counted as kept
-    values plus index metadata (METHODS §3.1); otherwise each output channel's weights are counted
+    values plus index metadata (:mod:`vitcompress.sparsity.masks`); otherwise each output channel's weights are counted
     at that channel's bit width.
     """
     storage = getattr(module, "storage_bits", None)

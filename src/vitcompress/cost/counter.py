@@ -1,4 +1,4 @@
-"""Cost accounting (METHODS §0.5): MACs per op at the real input size, BOPs and model size.
+"""Cost accounting: MACs per op at the real input size, BOPs and model size.
 
 Counted as MACs, per image (batch 1), from the shapes seen in one forward pass:
 
@@ -161,7 +161,9 @@ def _stored_tensors(model: nn.Module) -> dict[int, torch.Tensor]:
 
 
 def macs_by_block(model: nn.Module, input_size: int | None = None, in_chans: int | None = None) -> dict[str, int]:
-    """MACs grouped per transformer block, for the equivalent-bits formula (METHODS §4.5).
+    """MACs grouped per transformer block, for the equivalent-activation-bits formula of MixA-Q (Wang,
+    Shubham, De La Parra, Kumar, "MixA-Q: Revisiting Activation Sparsity for Vision Transformers from a
+    Mixed-Precision Quantization Perspective", ICCV 2025, arXiv:2507.19131; appendix §6.2).
 
     Keys: ``blocks.i`` (ViT/DeiT), ``layers.s.blocks.j`` (Swin), ``layers.s.downsample`` (Swin patch
     merging, the non-saveable part), otherwise the top-level module name (``patch_embed``, ``head``).

@@ -48,7 +48,7 @@ def check_input(model: nn.Module, x: torch.Tensor) -> None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset | DataLoader | Iterable, batch_size: int = 256,
-             limit: int | None = None, progress: bool = True) -> Metrics:
+             limit: int | None = None) -> Metrics:
     """Evaluate ``model`` (put in eval mode) on ``data``; deterministic for a given model and data.
 
     Args:
@@ -61,7 +61,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader | Iterable, batch_size
     loader = make_loader(data, batch_size) if isinstance(data, Dataset) else data
     correct1 = correct5 = seen = 0
     loss_sum, seconds = 0.0, 0.0
-    bar = tqdm(loader, desc="eval", leave=False, disable=not progress, mininterval=1.0)
+    bar = tqdm(loader, desc="eval", leave=False, mininterval=1.0)
     for x, y in bar:
         if limit is not None and seen >= limit:
             break

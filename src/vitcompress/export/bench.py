@@ -69,7 +69,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 @torch.no_grad()
 def time_engines(engines: dict[str, Callable[[torch.Tensor], object]], x: torch.Tensor, warmup: int = 5,
-                 repeats: int = 30, rounds: int = 3, progress: bool = True) -> list[Timing]:
+                 repeats: int = 30, rounds: int = 3) -> list[Timing]:
     """Time each engine on batch ``x``: ``warmup`` runs each, then ``repeats`` runs in alternating rounds."""
     if warmup < 0 or repeats < 1 or rounds < 1:
         raise ConfigError(f"warmup must be >= 0, repeats and rounds >= 1; got {warmup}, {repeats}, {rounds}")
@@ -79,7 +79,7 @@ def time_engines(engines: dict[str, Callable[[torch.Tensor], object]], x: torch.
     seconds: dict[str, list[float]] = {name: [] for name in engines}
     per_round = [repeats // rounds + (r < repeats % rounds) for r in range(rounds)]
     total = repeats * len(engines)
-    with tqdm(total=total, desc=f"bench batch {len(x)}", leave=False, disable=not progress) as bar:
+    with tqdm(total=total, desc=f"bench batch {len(x)}", leave=False) as bar:
         for n in per_round:
             for name, fn in engines.items():
                 for _ in range(n):
@@ -105,7 +105,7 @@ def _speedups(timings: list[Timing]) -> dict[str, float]:
 
 def benchmark_deploy(model: nn.Module, batches: tuple[int, ...] = (1, 8), threads: int | None = 1,
                      warmup: int = 5, repeats: int = 30, rounds: int = 3, opt_level: str = "all",
-                     policy: str = "promote", work_dir: str | Path | None = None, progress: bool = True) -> dict:
+                     policy: str = "promote", work_dir: str | Path | None = None) -> dict:
     """Export a quantized ``model`` as FP32 and INT8 ONNX, time the three engines, compare with BOPs.
 
     Args:
@@ -142,7 +142,7 @@ def benchmark_deploy(model: nn.Module, batches: tuple[int, ...] = (1, 8), thread
         gen = torch.Generator().manual_seed(0)
         for b in batches:
             x = torch.randn(_input_shape(model, b), generator=gen)
-            timings += time_engines(engines, x, warmup, repeats, rounds, progress)
+            timings += time_engines(engines, x, warmup, repeats, rounds)
             with torch.no_grad():
                 ref, got = model(x), engines["ort-int8"](x)
             agreement[f"b{b}"] = {"max_abs": float((ref - got).abs().max()),

@@ -1,100 +1,132 @@
-"""``vitcompress export`` and ``vitcompress bench``: ONNX export and the deployment benchmark.
-
-The main console script wires them in with ``add_export_arguments``/``run_export`` and
-``add_bench_arguments``/``run_bench``. Errors (:class:`~vitcompress.errors.VitCompressError`)
-propagate to the caller, which prints them as one line.
+"""``vitcompress export`` and ``vitcompress bench``: their options and what they run.
 
 ``--model`` is a folder written by ``vitcompress compress`` (or ``vitcompress.save``), which is
 restored quantized, or a model name (zoo name or ``timm:<name>``), which is loaded float and, with
-``--recipe``, quantized on ``--calib-size`` Fashion-MNIST training images (fitted to the model's
-input size). ``bench`` needs a quantized model, so a name without ``--recipe`` uses ``w8a8``.
+``--recipe``, quantized on ``--calib-size`` training images (fitted to the model's input size).
+``bench`` needs a quantized model, so a name without ``--recipe`` uses ``w8a8``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+
+from torch import nn
+
+from vitcompress.errors import ConfigError
+from vitcompress.models.source import ModelSource
+from vitcompress.options import option
+from vitcompress.validate import integer, positive_int
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "int8", "fp32")  # as vitcompress.export.onnx_export (not imported: no torch here)
+PRECISIONS = ("auto", "int8", "fp32")  # as vitcompress.export.onnx_export
 POLICIES = ("promote", "float", "error")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
-def _add_model_arguments(p: argparse.ArgumentParser, default_recipe: str | None) -> None:
-    p.add_argument("--model", required=True, help="folder written by `compress` (quantized), zoo name or timm:<name>")
-    p.add_argument("--recipe", default=default_recipe,
-                   help="with a model name: quantize with this preset or YAML/JSON recipe first"
-                        + (f" (default {default_recipe})" if default_recipe else " (default: export it float)"))
-    p.add_argument("--calib-size", type=int, default=256, help="calibration images (Fashion-MNIST train split)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
-    p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files")
-    p.add_argument("--num-classes", type=int, default=None, help="timm:<name> models only")
-    p.add_argument("--img-size", type=int, default=None, help="timm:<name> models only")
-    p.add_argument("--policy", default="promote", choices=POLICIES,
-                   help="points ONNX Runtime cannot run at their bits (activations below 8 bit, log2): "
-                        "promote to 8 bit (default), keep float, or error")
-    p.add_argument("--json", action="store_true", help="print JSON")
+@dataclass(frozen=True)
+class QuantizeFirst:
+    """How a model given by name is quantized before export or timing.
+
+    Attributes:
+        recipe: with a model name: quantize with this preset or YAML/JSON recipe first (none: export it float)
+        calib_size: calibration images from the training split
+        seed: seed of the calibration subset
+        policy: points ONNX Runtime cannot run at their bits (activations below 8 bit, log2): promote to 8 bit, keep float, or error
+    """
+
+    recipe: str | None = None
+    calib_size: int = 256
+    seed: int = 0
+    policy: str = option("promote", choices=POLICIES)
+
+    def __post_init__(self) -> None:
+        positive_int("calib_size", self.calib_size)
+        integer("seed", self.seed, minimum=0)
 
 
-def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    """Add the ``export`` options to ``p``."""
-    _add_model_arguments(p, default_recipe=None)
-    p.add_argument("--out", required=True, help="the .onnx file to write (its folder must exist)")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="int8: QDQ graph (quantized model); fp32: float graph; auto: int8 if quantized")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..20 (default 17)")
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions(QuantizeFirst):
+    """``vitcompress export``.
+
+    Attributes:
+        out: the .onnx file to write (its folder must exist)
+        precision: int8: QDQ graph (quantized model); fp32: float graph; auto: int8 if quantized
+        opset: ONNX opset, 13..20
+        json: print JSON
+    """
+
+    out: str = option(help="the .onnx file to write (its folder must exist)")
+    precision: str = option("auto", choices=PRECISIONS)
+    opset: int = 17
+    json: bool = False
 
 
-def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    """Add the ``bench`` options to ``p``."""
-    _add_model_arguments(p, default_recipe="w8a8")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
-    p.add_argument("--threads", type=int, default=1, help="torch and ORT intra-op threads (default 1)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs per engine and batch (default 5)")
-    p.add_argument("--repeats", type=int, default=30, help="timed runs per engine and batch (default 30)")
-    p.add_argument("--rounds", type=int, default=3, help="alternate the engines this many times (default 3)")
-    p.add_argument("--opt-level", default="all", choices=OPT_LEVELS, help="ORT graph optimization level")
-    p.add_argument("--keep-onnx", default=None, help="write the two ONNX files to this folder (default: temporary)")
+@dataclass(frozen=True, kw_only=True)
+class BenchOptions(QuantizeFirst):
+    """``vitcompress bench`` (threads: the global ``--threads``, default 1 here).
+
+    Attributes:
+        recipe: with a model name: quantize with this preset or YAML/JSON recipe first
+        batch: batch sizes
+        warmup: untimed runs per engine and batch
+        repeats: timed runs per engine and batch
+        rounds: alternate the engines this many times
+        opt_level: ONNX Runtime graph optimization level
+        keep_onnx: write the two ONNX files to this folder (default: a temporary one)
+        json: print JSON
+    """
+
+    recipe: str | None = "w8a8"
+    batch: tuple[int, ...] = (1, 8)
+    warmup: int = 5
+    repeats: int = 30
+    rounds: int = 3
+    opt_level: str = option("all", choices=OPT_LEVELS)
+    keep_onnx: str | None = None
+    json: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.batch or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batch):
+            raise ConfigError(f"batch sizes must be integers >= 1, got {list(self.batch)}")
+        for name in ("warmup", "repeats", "rounds"):
+            integer(name, getattr(self, name), minimum=0 if name == "warmup" else 1)
+        if self.keep_onnx and not Path(self.keep_onnx).is_dir():
+            raise ConfigError(f"keep-onnx: folder {self.keep_onnx} does not exist")
 
 
-def load_for_export(args: argparse.Namespace):
-    """The model ``--model`` names: restored quantized, or loaded (and quantized with ``--recipe``)."""
-    from vitcompress.models.registry import load_model
-    from vitcompress.quantize import restore
-
-    path = Path(args.model)
-    if path.is_dir():
-        return restore(path / "model" if (path / "model").is_dir() else path)
-    extra = {k: v for k, v in (("num_classes", args.num_classes), ("img_size", args.img_size)) if v is not None}
-    model = load_model(args.model, **extra)
-    if args.recipe:
+def load_for_export(source: ModelSource, opts: QuantizeFirst, data_root: str | None = None) -> nn.Module:
+    """The model ``source`` names: restored quantized from a folder, or loaded (and quantized with ``opts.recipe``)."""
+    model = source.load()
+    if source.folder is None and opts.recipe:
         from vitcompress.config import resolve_recipe
         from vitcompress.data import calibration_subset, load_dataset
         from vitcompress.models import input_spec_of
         from vitcompress.quantize import quantize_
 
-        calib = calibration_subset(load_dataset(input_spec_of(model), "train", args.data_root), args.calib_size,
-                                   seed=args.seed)
-        quantize_(model, resolve_recipe(args.recipe), calib, batch_size=32)
+        recipe = resolve_recipe(opts.recipe)
+        calib = calibration_subset(load_dataset(input_spec_of(model), "train", data_root), opts.calib_size,
+                                   seed=opts.seed)
+        quantize_(model, recipe, calib, batch_size=32)
     return model
 
 
-def run_export(args: argparse.Namespace) -> int:
+def run_export(source: ModelSource, opts: ExportOptions, data_root: str | None = None) -> int:
     """``vitcompress export``: write the ONNX file and print what was exported."""
     from vitcompress.export.onnx_export import check_export_args, export_onnx
 
-    check_export_args(args.precision, args.opset, args.policy, Path(args.out))  # fail before loading / calibrating
-    report = export_onnx(load_for_export(args), args.out, precision=args.precision, opset=args.opset,
-                         policy=args.policy)
-    if args.json:
+    check_export_args(opts.precision, opts.opset, opts.policy, Path(opts.out))  # fail before loading / calibrating
+    report = export_onnx(load_for_export(source, opts, data_root), opts.out, precision=opts.precision,
+                         opset=opts.opset, policy=opts.policy)
+    if opts.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
     d = report.to_dict()
-    print(f"{args.out}: {report.precision}, opset {report.opset}, input {list(report.input_shape)} (batch dynamic), "
+    print(f"{opts.out}: {report.precision}, opset {report.opset}, input {list(report.input_shape)} (batch dynamic), "
           f"{d['integer_points']} integer / {d['float_points']} float quantization points, {report.seconds:.1f} s")
     by_note: dict[str, list[str]] = {}
     for p in report.points:
@@ -105,20 +137,13 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def run_bench(source: ModelSource, opts: BenchOptions, threads: int | None, data_root: str | None = None) -> int:
     """``vitcompress bench``: time torch FP32, ORT FP32 and ORT INT8; print the table or JSON."""
-    from vitcompress.errors import ConfigError
     from vitcompress.export.bench import benchmark_deploy, format_bench
 
-    if any(b < 1 for b in args.batch):
-        raise ConfigError(f"batch sizes must be >= 1, got {args.batch}")
-    if args.threads < 1:
-        raise ConfigError(f"threads must be >= 1, got {args.threads}")
-    if args.keep_onnx and not Path(args.keep_onnx).is_dir():
-        raise ConfigError(f"keep-onnx: folder {args.keep_onnx} does not exist")
-    result = benchmark_deploy(load_for_export(args), batches=tuple(args.batch), threads=args.threads,
-                              warmup=args.warmup, repeats=args.repeats, rounds=args.rounds,
-                              opt_level=args.opt_level, policy=args.policy, work_dir=args.keep_onnx)
-    result["model"] = args.model
-    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    result = benchmark_deploy(load_for_export(source, opts, data_root), batches=tuple(opts.batch),
+                              threads=threads or 1, warmup=opts.warmup, repeats=opts.repeats, rounds=opts.rounds,
+                              opt_level=opts.opt_level, policy=opts.policy, work_dir=opts.keep_onnx)
+    result["model"] = source.model
+    print(json.dumps(result, indent=2) if opts.json else format_bench(result))
     return 0

@@ -7,9 +7,10 @@ function with ops the ONNX exporter writes as ``QuantizeLinear``/``DequantizeLin
   exactly) with one float scale per output channel, as ``DequantizeLinear`` on an initializer. A
   linear weight is stored transposed, ``(in, out)``, so ``DequantizeLinear`` feeds ``MatMul``
   directly (a ``Transpose`` in between hides the pattern from ORT's QDQ fusion).
-- bias correction (METHODS §0.3) is per output channel an affine map of the de-quantized weight,
-  ``Ŵ' = r·Ŵ + d`` with ``r = σ(W)/(σ(Ŵ)+eps)``, ``d = μ(W) − r·μ(Ŵ)``: ``r`` goes into the scale
-  (same codes) and ``d`` becomes ``d ⊗ Σ_k x_k`` added to the output, exact in real arithmetic.
+- bias correction (Banner, Nahshan, Soudry, NeurIPS 2019, arXiv:1810.05723) is per output channel
+  an affine map of the de-quantized weight, ``Ŵ' = r·Ŵ + d`` with ``r = σ(W)/(σ(Ŵ)+eps)``,
+  ``d = μ(W) − r·μ(Ŵ)``: ``r`` goes into the scale (same codes) and ``d`` becomes ``d ⊗ Σ_k x_k``
+  added to the output, exact in real arithmetic.
 - activations: ``QuantizeLinear → DequantizeLinear`` with the quantizer's scale and zero point
   (uint8 for asymmetric, int8 for symmetric grids; PTF as one scale per channel of the last axis).
 - attention: ``Q(q) @ Q(kᵀ)`` with the attention scale folded into q's ``DequantizeLinear`` scale

@@ -1,9 +1,9 @@
 """A timm ViT/DeiT or Swin as an ordered chain of steps, so work can restart at any block.
 
-Searches that change one layer at a time (F-LBQ distortion curves, block-wise refinement) need the
-network's output for many variants of one layer. Running from the input every time repeats the
-unchanged front of the network; a :class:`Chain` caches each step's input once and reruns only the
-steps from the changed layer's onward.
+Searches that change one layer or block at a time (F-LBQ distortion curves, Evol-Q's block-wise
+search of quantization scales) need the network's output for many variants of one layer. Running
+from the input every time repeats the unchanged front of the network; a :class:`Chain` caches each
+step's input once and reruns only the steps from the changed layer's onward.
 
 Steps:
 
@@ -15,10 +15,13 @@ Steps:
 
 :func:`model_chain` checks on the first batch that the composed steps give exactly the model's own
 output, so a timm change that the chain does not follow is an error, not a silent wrong answer.
+:meth:`Chain.block_steps` names the steps that run one transformer block (the units of a block-wise
+search).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +32,7 @@ from vitcompress.errors import ConfigError, UnsupportedModelError
 
 TARGETS = ("pre_logits", "logits")
 Step = Callable[[torch.Tensor], torch.Tensor]
+_BLOCK = re.compile(r"(layers\.\d+\.)?blocks\.\d+")  # a ViT block or a Swin stage's block
 
 
 @dataclass(frozen=True)
@@ -53,9 +57,13 @@ class Chain:
                 return i
         return None
 
-    def run(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Run steps ``start..end`` on ``x`` (the input of step ``start``)."""
-        for step in self.steps[start:]:
+    def block_steps(self) -> list[int]:
+        """Indices of the steps that run one transformer block (``blocks.i``, ``layers.s.blocks.j``)."""
+        return [i for i, name in enumerate(self.names) if _BLOCK.fullmatch(name)]
+
+    def run(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Run steps ``start..stop-1`` (default: to the end) on ``x`` (the input of step ``start``)."""
+        for step in self.steps[start:stop]:
             x = step(x)
         return x
 
@@ -117,7 +125,8 @@ def _until_module(names: list[str], steps: list[Step], module: nn.Module,
     return names[: k + 1], steps[:k] + [lambda x: _captured(module, lambda: last(x))]
 
 
-def model_chain(model: nn.Module, target: str = "pre_logits", check: torch.Tensor | None = None) -> Chain:
+def model_chain(model: nn.Module, target: str = "pre_logits", check: torch.Tensor | None = None, *,
+                distilled: bool = False) -> Chain:
     """The chain of a timm ViT/DeiT or Swin.
 
     Args:
@@ -125,6 +134,9 @@ def model_chain(model: nn.Module, target: str = "pre_logits", check: torch.Tenso
         target: ``pre_logits`` (backbone features, the input of the classifier), ``logits``, or the
             name of a module inside a block (its output; the chain then stops at that block).
         check: images; if given, the chain's output must equal the model's (exactly).
+        distilled: also accept a DeiT with a distillation token (its ``forward_head`` averages the
+            class and distillation heads). Off by default: a caller that treats the classifier as
+            one ``head`` layer must not see the second one.
 
     Raises:
         ConfigError: unknown ``target``.
@@ -135,7 +147,8 @@ def model_chain(model: nn.Module, target: str = "pre_logits", check: torch.Tenso
         module = dict(model.named_modules()).get(target) if target else None
         if module is None:
             raise ConfigError(f"target must be one of {list(TARGETS)} or a module name of the model, got {target!r}")
-    if hasattr(model, "blocks") and hasattr(model, "_pos_embed") and getattr(model, "dist_token", None) is None:
+    if hasattr(model, "blocks") and hasattr(model, "_pos_embed") and (
+            distilled or getattr(model, "dist_token", None) is None):
         names, steps = _vit_steps(model, target)
     elif hasattr(model, "layers") and all(hasattr(s, "blocks") and hasattr(s, "downsample") for s in model.layers):
         names, steps = _swin_steps(model, target)

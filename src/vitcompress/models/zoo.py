@@ -1,6 +1,6 @@
 """The reference models: small timm ViT and Swin trained on Fashion-MNIST by this project.
 
-No pretrained ViT weights exist offline, so vitcompress trains its own with a documented, seeded
+No pretrained ViT weights exist offline, so the project trains its own with a documented, seeded
 recipe (``vitcompress zoo train NAME``) and ships the checkpoints (safetensors + manifest) in
 ``models/zoo/``. They are built from timm's own classes, so they are what users have.
 """
@@ -16,7 +16,22 @@ ZOO_DIR = Path(__file__).parent / "zoo"
 
 @dataclass(frozen=True)
 class TrainRecipe:
-    """Seeded training recipe of a reference model (AdamW, warm-up + cosine, label smoothing)."""
+    """Seeded training recipe of a reference model (AdamW, warm-up + cosine, label smoothing).
+
+    Written in epochs of the training set; the zoo trainer (``train/zoo.py``) runs it as
+    ``epochs × (len(train_set) // batch_size)`` optimizer steps of the generic trainer, with
+    ``int(warmup_epochs × steps per epoch)`` warm-up steps and one checkpoint per epoch.
+
+    Attributes:
+        epochs: passes over the training set.
+        batch_size: images per optimizer step.
+        lr, min_lr: peak and final learning rate of the warm-up + cosine schedule.
+        weight_decay: AdamW decoupled weight decay (not on biases, norms, embeddings and tokens).
+        warmup_epochs: linear warm-up length, in epochs (may be fractional).
+        label_smoothing: of the cross-entropy loss.
+        grad_clip: max gradient norm (0 = off).
+        seed: seeds the initial weights, the batch order and the augmentation.
+    """
 
     epochs: int
     batch_size: int = 128

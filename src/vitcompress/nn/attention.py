@@ -2,7 +2,7 @@
 
 Fused scaled-dot-product attention hides the two activation x activation matmuls, so when any of
 the attention quantizers is enabled these modules run the explicit matmuls with q, k, v and the
-softmax probabilities quantized (METHODS §0.4). When all four are disabled they call timm's own
+softmax probabilities quantized. When all four are disabled they call timm's own
 forward, so the output equals the float model's bit for bit.
 """
 
@@ -26,8 +26,13 @@ def _attach(q: nn.Module, specs: dict[str, QuantSpec], name: str, head_dim: int)
         setattr(q, f"{point}_quantizer", make_quantizer(specs[point], f"{name}.{point}", -1, channels))
 
 
-def _clone_into(cls: type, module: nn.Module) -> nn.Module:
-    """A new ``cls`` instance sharing the state (parameters, buffers, children) of ``module``."""
+def clone_into(cls: type, module: nn.Module) -> nn.Module:
+    """A new ``cls`` instance sharing the state (parameters, buffers, children) of ``module``.
+
+    The parameters, buffers, children and plain attributes are shared (the same objects); the hook
+    dictionaries and other ``nn.Module`` containers are the new instance's own, so a hook registered on
+    one module never fires on the other. ``training`` is copied.
+    """
     q = cls.__new__(cls)
     nn.Module.__init__(q)
     # plain attributes only: the hook and state containers of nn.Module stay q's own (sharing them would
@@ -61,7 +66,7 @@ class QuantAttention(_AttnQuantMixin, Attention):
 
     @classmethod
     def from_float(cls, attn: Attention, specs: dict[str, QuantSpec], name: str = "") -> QuantAttention:
-        q = _clone_into(cls, attn)
+        q = clone_into(cls, attn)
         _attach(q, specs, name, attn.head_dim)
         return q
 
@@ -89,7 +94,7 @@ class QuantWindowAttention(_AttnQuantMixin, WindowAttention):
 
     @classmethod
     def from_float(cls, attn: WindowAttention, specs: dict[str, QuantSpec], name: str = "") -> QuantWindowAttention:
-        q = _clone_into(cls, attn)
+        q = clone_into(cls, attn)
         _attach(q, specs, name, attn.qkv.out_features // 3 // attn.num_heads)
         return q
 

@@ -31,7 +31,7 @@ class _WeightQuantMixin:
         w = self.weight
         w_hat = self.weight_quantizer(w)
         if self.bias_correction and w_hat is not w:
-            w_hat = correct_bias(w, w_hat, axis=0)  # METHODS §0.3, per output channel
+            w_hat = correct_bias(w, w_hat, axis=0)  # Banner et al. 2019, per output channel
         return w_hat
 
 

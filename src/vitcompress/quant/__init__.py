@@ -1,4 +1,10 @@
-"""Quantization primitives: quantizers (uniform, log2, PTF), observers, bias correction (METHODS §0)."""
+"""Quantization primitives: quantizers (uniform, log2, PTF), range observers, bias correction.
+
+The log2 and power-of-two-factor quantizers follow FQ-ViT (Lin et al., IJCAI 2022, arXiv:2111.13824);
+learnable scales follow LSQ (Esser et al., ICLR 2020, arXiv:1902.08153); OMSE ranges follow Choukroun
+et al. (ICCV Workshops 2019, arXiv:1902.06822); bias correction follows Banner et al. (NeurIPS 2019,
+arXiv:1810.05723). Full titles in the modules and in ``docs/quantization.md``.
+"""
 
 from vitcompress.quant.bias_correction import correct_bias
 from vitcompress.quant.functional import (

@@ -1,4 +1,9 @@
-"""Bias correction of a de-quantized weight (Banner et al.; METHODS §0.3)."""
+"""Bias correction of a de-quantized weight.
+
+From Banner, Nahshan, Soudry, "Post training 4-bit quantization of convolutional networks for
+rapid-deployment", NeurIPS 2019, arXiv:1810.05723: quantization shifts the mean and shrinks the
+variance of each output channel's weights; correcting both removes that systematic error.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from vitcompress.errors import DataError
 def correct_bias(w: torch.Tensor, w_hat: torch.Tensor, axis: int = 0, eps: float = 1e-8) -> torch.Tensor:
     """Match the per-output-channel standard deviation, then the mean, of ``w_hat`` to those of ``w``.
 
-    Per channel ``c`` of ``axis`` (METHODS §0.3, in this order):
+    Per channel ``c`` of ``axis`` (Banner et al. 2019, in this order):
 
     1. variance: ``Ŵ ← (Ŵ − μ(Ŵ))·σ(W)/(σ(Ŵ) + eps) + μ(Ŵ)``;
     2. mean: ``Ŵ ← Ŵ − μ(Ŵ) + μ(W)``.

@@ -1,4 +1,12 @@
-"""Functional reference of every quantizer (METHODS §0.1).
+"""Functional reference of every quantizer: uniform affine, log2 and power-of-two factor (PTF).
+
+- uniform affine: ``q = clamp(round(x/s) + z, qmin, qmax)``, ``x̂ = (q − z)·s``; signed symmetric
+  (``z = 0``, codes ``[−2^(b−1), 2^(b−1) − 1]``) or unsigned asymmetric (codes ``[0, 2^b − 1]``);
+- log2 for attention probabilities and PTF for LayerNorm inputs, both from FQ-ViT (Lin, Zhang, Sun,
+  Li, Zhou, "FQ-ViT: Post-Training Quantization for Fully Quantized Vision Transformer", IJCAI 2022,
+  arXiv:2111.13824);
+- learnable scales get the gradient of LSQ (Esser, McKinstry, Bablani, Appuswamy, Modha, "Learned
+  Step Size Quantization", ICLR 2020, arXiv:1902.08153).
 
 The quantizer modules call these functions, so a module's output equals its functional reference
 exactly (``torch.equal``). Gradients use the straight-through estimator (STE): rounding passes the
@@ -15,7 +23,7 @@ Bound = int | float | torch.Tensor
 
 
 def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
-    """Integer grid ``(qmin, qmax)`` of a ``bits``-wide quantizer (METHODS §0.1).
+    """Integer grid ``(qmin, qmax)`` of a ``bits``-wide quantizer.
 
     Args:
         bits: bit width, an integer in 2..32.
@@ -77,7 +85,7 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
         The de-quantized values ``x̂``, on the grid ``(k − z)·s`` for integer ``k`` in ``[qmin, qmax]``.
     """
     u = x / scale
-    hard = torch.clamp(torch.round(u.detach()) + zero_point, qmin, qmax)  # the value: METHODS §0.1 exactly
+    hard = torch.clamp(torch.round(u.detach()) + zero_point, qmin, qmax)  # the value: clamp(round(x/s) + z) exactly
     soft = torch.clamp(u + zero_point, qmin, qmax)  # the gradient path: clip on the unrounded code (LSQ)
     # soft and hard differ by at most half a code, so hard − soft is exact (Sterbenz) and the sum is hard
     q = soft + (hard - soft).detach()
@@ -85,7 +93,7 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
 
 
 def log2_fake_quant(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Log2 quantizer for values in [0, 1] (attention probabilities; METHODS §0.1).
+    """Log2 quantizer for values in [0, 1] (attention probabilities, as in FQ-ViT).
 
     ``q = clamp(round(−log2 x), 0, 2^b − 1)``, ``x̂ = 2^(−q)``; values whose ``q`` would exceed
     ``2^b − 1`` become 0, as do zeros (and negative values, which probabilities never are). Values
@@ -105,7 +113,7 @@ def log2_fake_quant(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 def ptf_fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, alpha: torch.Tensor,
                    qmin: Bound, qmax: Bound) -> torch.Tensor:
-    """Power-of-two-factor quantization (FQ-ViT; METHODS §0.1): channel ``c`` on the last axis uses
+    """Power-of-two-factor quantization (FQ-ViT): channel ``c`` on the last axis uses
     scale ``s·2^α_c`` and the shared zero point.
 
     Args:

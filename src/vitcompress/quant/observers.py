@@ -1,4 +1,9 @@
-"""Range estimation (METHODS §0.2): min-max, percentile, OMSE and MSE search.
+"""Range estimation: min-max, percentile, OMSE and MSE search.
+
+OMSE (Choukroun, Kravchik, Yang, Kisilev, "Low-bit Quantization of Neural Networks for Efficient
+Inference", ICCV Workshops 2019, arXiv:1902.06822) picks the clipping range with the least mean
+squared quantization error; as in FQ-ViT's code (Lin et al., IJCAI 2022, arXiv:2111.13824) the search
+shrinks ``[min, max]`` in 1 % steps, ``[min, max]·(1 − 0.01 i)`` for i = 0…89.
 
 Two kinds:
 
@@ -7,7 +12,7 @@ Two kinds:
   exact values;
 * streaming observers (:class:`RowHistogram` and its per-tensor / per-channel forms) for
   activations: exact running min/max plus fixed-size histograms, so one pass over the calibration
-  set suffices and memory does not grow with the number of images (METHODS §0.2). Percentile, OMSE
+  set suffices and memory does not grow with the number of images. Percentile, OMSE
   and MSE ranges, and the PTF factors, are computed from the histograms.
 
 When the range grows, the histogram is re-binned by merging ``2^k`` adjacent old bins into one new
@@ -24,7 +29,7 @@ import torch
 from vitcompress.errors import ConfigError, DataError
 from vitcompress.quant.functional import qrange
 
-OMSE_RATIOS = tuple(1.0 - 0.01 * i for i in range(90))  # i = 0 … 89, 1 % steps (METHODS §0.2, FQ-ViT)
+OMSE_RATIOS = tuple(1.0 - 0.01 * i for i in range(90))  # i = 0 … 89, 1 % steps (OMSE as in FQ-ViT)
 MSE_RATIOS = tuple(0.3 + 0.7 * i / 99 for i in range(100))  # finer clipping search in [0.3, 1]
 _EPS_SCALE = 1e-8
 
@@ -102,8 +107,8 @@ def search_range(rows: torch.Tensor, bits: int | torch.Tensor, symmetric: bool, 
     """Range ``(lo, hi)``, each (R,), of every row of ``rows`` (R, K) for ``observer``.
 
     ``minmax``: the row extremes; ``percentile``: the ``100 − p`` and ``p`` percentiles; ``omse``:
-    ``[min, max]·(1 − 0.01 i)`` for i = 0…89 with the least squared quantization error (METHODS
-    §0.2); ``mse``: the same over 100 ratios in [0.3, 1]. Ratio 1 (min-max) is always a candidate
+    ``[min, max]·(1 − 0.01 i)`` for i = 0…89 with the least squared quantization error (module
+    docstring); ``mse``: the same over 100 ratios in [0.3, 1]. Ratio 1 (min-max) is always a candidate
     and ties keep the earlier one, so neither search is ever worse than min-max on ``rows``.
 
     Args:
@@ -330,7 +335,7 @@ class ChannelHistogramObserver(RowHistogram):
         self.update_rows(x.detach().reshape(-1, self.rows).T)  # (C, tokens)
 
     def ptf_params(self, bits: int, max_alpha: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """FQ-ViT power-of-two factors (METHODS §0.1).
+        """FQ-ViT power-of-two factors (Lin et al., IJCAI 2022, arXiv:2111.13824).
 
         The layer range (all channels; widened to include 0) gives ``s_layer`` and the zero point
         ``z``; channel ``c`` then takes the ``α_c ∈ {0..max_alpha}`` whose scale ``s_layer/2^max_alpha·2^α``

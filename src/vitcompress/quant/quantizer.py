@@ -1,8 +1,10 @@
-"""Quantizer modules: fake quantization with straight-through gradients (METHODS §0.1).
+"""Quantizer modules: fake quantization with straight-through gradients.
 
-A quantizer holds its parameters as buffers (``scale``, ``zero_point``; ``scale`` is a Parameter
-for LSQ) with shapes fixed at construction, so a state dict saved from a calibrated quantizer loads
-into a freshly constructed one and gives identical outputs. Calibration statistics live in separate
+Each module computes its functional reference (:mod:`vitcompress.quant.functional`) exactly. A
+quantizer holds its parameters as buffers (``scale``, ``zero_point``; ``scale`` is a Parameter for a
+learnable step size, LSQ: Esser et al., "Learned Step Size Quantization", ICLR 2020,
+arXiv:1902.08153) with shapes fixed at construction, so a state dict saved from a calibrated
+quantizer loads into a freshly constructed one and gives identical outputs. Calibration statistics live in separate
 observer objects (:mod:`vitcompress.quant.observers`) that are never saved.
 
 Life cycle: ``observe`` (directly, or through ``forward`` while ``calibrating``) → ``compute_qparams``
@@ -308,7 +310,11 @@ class UniformQuantizer(Quantizer):
 
 
 class Log2Quantizer(Quantizer):
-    """Log2 quantizer of attention probabilities (METHODS §0.1); needs no calibration."""
+    """Log2 quantizer of attention probabilities; needs no calibration.
+
+    From FQ-ViT (Lin, Zhang, Sun, Li, Zhou, "FQ-ViT: Post-Training Quantization for Fully Quantized
+    Vision Transformer", IJCAI 2022, arXiv:2111.13824): ``x̂ = 2^(−q)``, ``q = round(−log2 x)``.
+    """
 
     def __init__(self, spec: QuantSpec, name: str = ""):
         super().__init__(spec, name)
@@ -325,7 +331,7 @@ class Log2Quantizer(Quantizer):
 
 
 class PTFQuantizer(Quantizer):
-    """Power-of-two-factor quantizer of LayerNorm inputs (FQ-ViT; METHODS §0.1).
+    """Power-of-two-factor quantizer of LayerNorm inputs (FQ-ViT, Lin et al., IJCAI 2022, arXiv:2111.13824).
 
     Channels are on the last axis (tokens × C). One layer-wise scale and zero point come from the
     layer range; channel ``c`` uses scale ``s·2^α_c``, ``s = s_layer/8``, ``α_c ∈ {0,1,2,3}`` chosen

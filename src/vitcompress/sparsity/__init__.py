@@ -1,4 +1,9 @@
-"""N:M structured sparsity (GPUSQ-ViT, METHODS §3.1): masks, ``sparsify_``, storage accounting."""
+"""N:M structured sparsity: masks, ``sparsify_``, storage accounting.
+
+The patterns and their storage cost are those of GPUSQ-ViT (Yu, Chen, Gan, Fan, "Boost Vision
+Transformer with GPU-Friendly Sparsity and Quantization", CVPR 2023, arXiv:2305.10727): 2:4 for FP16
+and INT8, pair-wise 4:8 for INT4.
+"""
 
 from vitcompress.sparsity.apply import (
     DEFAULT_LAYERS,

@@ -10,7 +10,7 @@ the weight by the mask before every call. Masks never change after ``sparsify_``
   moments stay 0 there and gradient clipping sees only the kept weights.
 
 The cost model reads ``weight_sparsity`` (duck-typed, :mod:`vitcompress.cost.bits`): storage with
-metadata per METHODS §3.1, BOPs of the kept MACs only.
+metadata as in GPUSQ-ViT (:mod:`vitcompress.sparsity.masks`), BOPs of the kept MACs only.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from vitcompress.sparsity.masks import NMPattern, follows_pattern, gemm_view, ge
 log = logging.getLogger(__name__)
 
 SPARSITY_ATTR = "weight_sparsity"
-# the GEMMs GPUSQ-ViT sparsifies (METHODS §3.1): attention qkv/proj, MLP fc1/fc2, patch embedding
+# the GEMMs GPUSQ-ViT (Yu et al., CVPR 2023) sparsifies: attention qkv/proj, MLP fc1/fc2, patch embedding
 DEFAULT_LAYERS = ("*attn.qkv", "*attn.proj", "*mlp.fc1", "*mlp.fc2", "patch_embed.proj")
 INDIVISIBLE_POLICIES = ("error", "skip")
 
@@ -42,7 +42,7 @@ class NMSparsity(nn.Module):
         self.register_buffer("mask", mask.to(torch.bool), persistent=False)
 
     def storage_bits(self, channel_bits: torch.Tensor, reduction: int) -> int:
-        """Stored bits of the weight: kept values at their bits + index metadata (METHODS §3.1)."""
+        """Stored bits of the weight: kept values at their bits + index metadata (:meth:`NMPattern.chunk_bits`)."""
         return storage_bits(channel_bits, reduction, self.pattern)
 
     def kept_macs(self, macs_per_channel: int) -> int:
@@ -87,7 +87,11 @@ def select_layers(model: nn.Module, layers: Iterable[str] = DEFAULT_LAYERS) -> l
 
 def sparsify_(model: nn.Module, pattern: str | NMPattern = "2:4", layers: Iterable[str] = DEFAULT_LAYERS,
               on_indivisible: str = "error") -> dict[str, str]:
-    """Prune ``model`` in place to an N:M pattern with fixed magnitude masks (seed 004 §2.1).
+    """Prune ``model`` in place to an N:M pattern with fixed magnitude masks.
+
+    In every ``m`` consecutive weights along the reduction dimension of a row the ``n`` of largest
+    magnitude are kept (pair-wise 4:8: the two pairs of largest magnitude), as in GPUSQ-ViT (Yu, Chen,
+    Gan, Fan, CVPR 2023, arXiv:2305.10727).
 
     Args:
         model: a float model (sparsity comes before quantization).

@@ -1,4 +1,9 @@
-"""N:M structured sparsity patterns: mask computation, checking and storage (METHODS §3.1, seed 004 §2.1).
+"""N:M structured sparsity patterns: mask computation, checking and storage.
+
+Patterns and storage per chunk follow GPUSQ-ViT (Yu, Chen, Gan, Fan, "Boost Vision Transformer with
+GPU-Friendly Sparsity and Quantization", CVPR 2023, arXiv:2305.10727; appendix §2.1): kept values
+at their bit width plus a ``log2(m)``-bit index per kept value (per kept pair for 4:8). FP16 2:4:
+64 dense bits vs 2×16 + 2×2 = 36; INT8 2:4: 32 vs 2×8 + 2×2 = 20; INT4 4:8: 32 vs 4×4 + 2×2 = 20.
 
 A pattern keeps ``n`` of every ``m`` consecutive weights along the reduction (input) dimension of
 each row of the GEMM. ``block`` > 1 makes it pair-wise: the ``m``-wide chunk is split into
@@ -52,7 +57,7 @@ class NMPattern:
     def metadata_bits_per_chunk(self) -> int:
         """Index bits per chunk: one ``log2(m/block)``-bit index per kept sub-chunk.
 
-        2:4 -> 2 indices × 2 bits = 4; pair-wise 4:8 -> 2 sub-chunk indices × 2 bits = 4 (seed 004 §2.1).
+        2:4 -> 2 indices × 2 bits = 4; pair-wise 4:8 -> 2 sub-chunk indices × 2 bits = 4 (GPUSQ-ViT appendix §2.1).
         """
         return (self.n // self.block) * math.ceil(math.log2(self.m // self.block))
 

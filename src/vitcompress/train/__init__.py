@@ -1,1 +1,2 @@
-"""Training loops (reference-model training; later: distillation, QAT, SAQA)."""
+"""Training: the one resumable training loop (``trainer``), its schedule, distillation losses, QAT set-up and
+reference-model (zoo) training."""

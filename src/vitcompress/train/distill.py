@@ -1,4 +1,5 @@
-"""GPUSQ-ViT distillation losses (seed 004 Algorithm 1; METHODS §3.2–3.3).
+"""GPUSQ-ViT distillation losses (Algorithm 1 of Yu, Chen, Gan, Fan, "Boost Vision Transformer with
+GPU-Friendly Sparsity and Quantization", CVPR 2023, arXiv:2305.10727; appendix §2.2).
 
 ``L = α·L_hard + β·L_soft + γ·L_feature``:
 
@@ -8,12 +9,12 @@
   as written in line 14 (no ``T²`` factor);
 - ``L_feature``: ``Σ_j w_j · MSE(F_j^teacher, F_j^student)`` over the feature points: the patch
   embedding output, the last block of each stage (stage 1: ``w = θ_i``) and the final projection
-  (the final LayerNorm output, the head's input; seed 004 §3.2 visualises exactly these). Stage 1
+  (the final LayerNorm output, the head's input; the paper's appendix §3.2 visualises exactly these). Stage 1
   uses ``w = (1, θ_1..θ_K, 1)``; stage 2 uses the weight factors ``W_j`` of line 22
   (:func:`weight_factors`).
 
 Stages: a Swin model's stages are its ``layers.i``; a plain ViT/DeiT has one sequence of blocks,
-cut into ``vit_stages`` equal groups (default 3; the seed leaves it open).
+cut into ``vit_stages`` equal groups (default 3; the paper leaves it open).
 """
 
 from __future__ import annotations

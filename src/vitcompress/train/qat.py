@@ -1,4 +1,5 @@
-"""Quantization-aware training set-up for sparse models (GPUSQ-ViT stage 2, METHODS §3.3).
+"""Quantization-aware training set-up for sparse models (stage 2 of GPUSQ-ViT: Yu, Chen, Gan, Fan, "Boost
+Vision Transformer with GPU-Friendly Sparsity and Quantization", CVPR 2023, arXiv:2305.10727).
 
 The quantized student starts from the sparse float model by PTQ (:func:`vitcompress.quantize.quantize_`),
 then weights and scales are learnt: every enabled uniform quantizer gets an LSQ scale
@@ -44,8 +45,7 @@ def check_sparse_recipe(recipe: Recipe) -> None:
         raise ConfigError("bias_correction must be false for a sparse model: it moves pruned weights off 0")
 
 
-def prepare_sparse_qat_(model: nn.Module, recipe: Recipe, calib: Iterable, batch_size: int = 64,
-                        progress: bool = False) -> nn.Module:
+def prepare_sparse_qat_(model: nn.Module, recipe: Recipe, calib: Iterable, batch_size: int = 64) -> nn.Module:
     """PTQ the sparse float ``model`` in place with ``qat_recipe(recipe)``, keeping its masks; train mode.
 
     Raises:
@@ -56,6 +56,6 @@ def prepare_sparse_qat_(model: nn.Module, recipe: Recipe, calib: Iterable, batch
     if not masks:
         raise StateError("model has no N:M masks: run sparsify_(model, pattern) before sparse QAT")
     check_sparse_recipe(recipe)
-    quantize_(model, qat_recipe(recipe), calib, batch_size=batch_size, progress=progress)
+    quantize_(model, qat_recipe(recipe), calib, batch_size=batch_size)
     attach_masks_(model, masks)
     return model.train()

@@ -1,7 +1,7 @@
-"""A generic, resumable training loop: model + loss function + dataset + :class:`TrainConfig`.
+"""The one training loop of the toolkit: model + loss function + dataset + :class:`TrainConfig`, resumable.
 
-Used by GPUSQ-ViT's sparse distillation and QAT stages; written so MixA-Q's SAQA fine-tuning can
-reuse it (``loss_fn(model, x, y) -> (loss, logs)`` is all it knows about the task).
+Reference-model training (``train/zoo.py``), distillation, quantization-aware training and fine-tuning
+all run through it; ``loss_fn(model, x, y) -> (loss, logs)`` is all it knows about the task.
 
 - AdamW (no weight decay on biases, norms, embeddings and 1-D quantizer scales), linear warm-up then
   cosine (:func:`warmup_cosine`), gradient-norm clipping.
@@ -174,8 +174,7 @@ def _save(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, s
 
 def train(model: nn.Module, loss_fn: LossFn, dataset: Dataset, config: TrainConfig,
           state_dir: str | Path | None = None, resume: bool = False,
-          after_backward: Callable[[nn.Module], None] | None = None, progress: bool = True,
-          desc: str = "train") -> dict:
+          after_backward: Callable[[nn.Module], None] | None = None, desc: str = "train") -> dict:
     """Train ``model`` in place for ``config.steps`` steps.
 
     Args:
@@ -214,8 +213,8 @@ def train(model: nn.Module, loss_fn: LossFn, dataset: Dataset, config: TrainConf
     window: list[dict] = []
     interrupted, done = False, start
     model.train()
-    bar = tqdm(range(start, config.steps), desc=desc, disable=not progress or rank != 0, mininterval=5.0,
-               initial=start, total=config.steps)
+    quiet = {"disable": True} if rank != 0 else {}  # one bar under DDP; otherwise TQDM_DISABLE decides
+    bar = tqdm(range(start, config.steps), desc=desc, mininterval=5.0, initial=start, total=config.steps, **quiet)
     with _Sigterm() as sigterm:
         for step in bar:
             t0 = time.perf_counter()

@@ -1,0 +1,74 @@
+"""Calibration data: any Dataset, DataLoader or iterable of batches, checked and batched.
+
+This is the one place that turns "calibration data" into image tensors; every method takes its
+images through :func:`iter_images` or :func:`first_batches` / :func:`first_images`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vitcompress.data.datasets import make_loader
+from vitcompress.errors import DataError
+from vitcompress.validate import positive_int
+
+log = logging.getLogger(__name__)
+CalibData = Dataset | DataLoader | Iterable
+
+
+def iter_images(calib: CalibData, batch_size: int = 64) -> Iterator[torch.Tensor]:
+    """Yield image batches from ``calib`` (a Dataset of (image, label), a loader, or tensors/pairs).
+
+    Raises:
+        DataError: the data is empty, or a batch holds NaN/Inf (naming the batch).
+    """
+    batches = make_loader(calib, batch_size) if isinstance(calib, Dataset) else calib
+    seen = 0
+    for i, batch in enumerate(batches):
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if not isinstance(x, torch.Tensor):
+            raise DataError(f"calibration batch {i} is a {type(x).__name__}, expected a tensor of images")
+        if not torch.isfinite(x).all():
+            raise DataError(f"calibration data batch {i} contains NaN or Inf values")
+        seen += len(x)
+        yield x
+    if seen == 0:
+        raise DataError("calibration data is empty: pass at least one image")
+
+
+def first_batches(calib: CalibData, n: int | None = None, batch_size: int = 64, what: str = "n_images") -> list[
+        torch.Tensor]:
+    """The first ``n`` images of ``calib`` (all of them when ``n`` is None) as a list of batches.
+
+    A Dataset is batched by ``batch_size``; a loader or iterable keeps its own batches (the last one
+    cut at ``n``). Fewer than ``n`` images is logged, not an error: every image is then used.
+
+    Raises:
+        ConfigError: ``n`` is not a positive integer (named ``what``).
+    """
+    positive_int(what, n, optional=True)
+    out, seen = [], 0
+    for x in iter_images(calib, batch_size):
+        if n is not None:
+            x = x[: n - seen]
+        out.append(x)
+        seen += len(x)
+        if n is not None and seen >= n:
+            break
+    if n is not None and seen < n:
+        log.warning("%s is %d but the calibration data holds %d images; using %d", what, n, seen, seen)
+    return out
+
+
+def first_images(calib: CalibData, n: int, batch_size: int = 64, what: str = "n_images") -> torch.Tensor:
+    """The first ``n`` images of ``calib`` as one tensor (see :func:`first_batches`)."""
+    return torch.cat(first_batches(calib, n, batch_size, what))
+
+
+def cache_batches(calib: CalibData, batch_size: int = 64) -> list[torch.Tensor]:
+    """All calibration batches as a list (small calibration sets are reused by searches)."""
+    return first_batches(calib, None, batch_size)

@@ -1,0 +1,192 @@
+"""The one job runner: model -> data -> float baseline -> the method's step -> evaluation, cost, outputs.
+
+Every ``vitcompress compress <method>`` run, the demo and the benchmarks go through :func:`run_job`.
+A method supplies only its step (its :func:`~vitcompress.compress_` handler) and its report section
+(:attr:`Result.report`); loading, data, evaluation, cost, saving, ``metrics.json``, ``report.md`` and
+the per-layer charts are done here once.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from vitcompress.api import compress_
+from vitcompress.cost import cost
+from vitcompress.data.calib import first_images
+from vitcompress.data.datasets import calibration_subset, load_dataset
+from vitcompress.eval.classification import Metrics, evaluate
+from vitcompress.io import write_json, write_text
+from vitcompress.methods.registry import method_for
+from vitcompress.models.registry import input_spec_of
+from vitcompress.models.source import ModelSource
+from vitcompress.options import option
+from vitcompress.quantize import recipe_of, save
+from vitcompress.report.analysis import layer_stats
+from vitcompress.report.charts import bar_chart
+from vitcompress.report.markdown import compression_report
+from vitcompress.result import Result
+from vitcompress.validate import integer, positive_int
+
+log = logging.getLogger(__name__)
+
+REPORT_BATCH = 64  # calibration images the per-layer errors of the report are measured on
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """What every compression job needs besides its method's config.
+
+    Attributes:
+        source: the model (see :class:`~vitcompress.models.source.ModelSource`).
+        out: output folder: model/, metrics.json, report.md, charts, and the method's resumable state
+        calib_size: calibration images drawn from the training split (default: the method's own)
+        seed: seed of the calibration subset and of every random draw of the method
+        limit: evaluate on the first N test images only (default: all)
+        resume: continue the interrupted search or training saved in --out
+        data_root: folder of the dataset (default: Debian's Fashion-MNIST).
+    """
+
+    source: ModelSource
+    out: str | None = None
+    calib_size: int | None = None
+    seed: int = 0
+    limit: int | None = None
+    resume: bool = False
+    data_root: str | None = option(None, cli=False)
+
+    def __post_init__(self) -> None:
+        positive_int("calib_size", self.calib_size, optional=True)
+        positive_int("limit", self.limit, optional=True)
+        integer("seed", self.seed, minimum=0)
+
+
+@dataclass
+class JobData:
+    """The data of one job: training split, seeded calibration subset, evaluation set (cut at ``limit``)."""
+
+    train: Dataset
+    calib: Subset
+    test: Dataset
+    train_augmented: Dataset | None = None
+
+
+@dataclass
+class Baseline:
+    """The float model's numbers (a job computes them; callers running many configs can pass them in)."""
+
+    metrics: Metrics
+    cost: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_data(job: JobConfig, model: nn.Module, calib_size: int, needs_train: bool = False) -> JobData:
+    """The job's data for ``model``'s input."""
+    spec = input_spec_of(model)
+    train = load_dataset(spec, "train", job.data_root)
+    test = load_dataset(spec, "test", job.data_root)
+    if job.limit is not None:
+        test = Subset(test, range(min(job.limit, len(test))))
+    augmented = load_dataset(spec, "train", job.data_root, augment=True, seed=job.seed) if needs_train else None
+    return JobData(train, calibration_subset(train, calib_size, seed=job.seed), test, augmented)
+
+
+def baseline_of(model: nn.Module, data: JobData) -> Baseline:
+    """Accuracy and cost of the float model."""
+    return Baseline(evaluate(model, data.test), cost(model))
+
+
+def run_job(job: JobConfig, config: Any, baseline: Baseline | None = None) -> Result:
+    """Load ``job.source``, compress it with ``config``'s method, evaluate, cost and (with ``job.out``) write.
+
+    Writes ``model/`` (safetensors + recipe), ``metrics.json``, ``report.md``, ``bits_per_layer.png``,
+    ``sqnr_per_layer.png`` and the method's own files into ``job.out``.
+
+    Returns:
+        The method's :class:`Result` with ``metrics`` holding the full ``metrics.json``.
+    """
+    t0 = time.perf_counter()
+    method = method_for(config)
+    model = job.source.load()
+    data = load_data(job, model, job.calib_size or method.calib_size, method.needs_train_data)
+    base = baseline or baseline_of(model, data)
+    float_model = copy.deepcopy(model)
+    out = Path(job.out) if job.out is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    result = compress_(model, config, data.calib, train_data=data.train_augmented, eval_data=data.test,
+                       state_dir=out, resume=job.resume)
+    q = evaluate(result.model, data.test)
+    q_cost = result.cost if result.cost is not None else cost(result.model)
+    result.metrics = {**common_metrics(job, method.name, result, base, q, q_cost, len(data.calib)),
+                      **result.metrics}
+    result.metrics["seconds"] = time.perf_counter() - t0
+    if out is not None:
+        write_outputs(out, result, result.reference or float_model, data.calib)
+        result.out = out
+    return result
+
+
+def common_metrics(job: JobConfig, method: str, result: Result, base: Baseline, q: Metrics, q_cost: Any,
+                   calib_size: int) -> dict[str, Any]:
+    """The keys every ``metrics.json`` has (the method adds its own)."""
+    fp, fp_cost = base.metrics, base.cost
+    return {
+        "model": job.source.model, "method": method, "recipe": _recipe_name(result), "seed": job.seed,
+        "fp_top1": fp.top1, "q_top1": q.top1, "fp_top5": fp.top5, "q_top5": q.top5,
+        "fp_loss": fp.loss, "q_loss": q.loss, "eval_images": q.images,
+        "macs": q_cost.macs, "bops": q_cost.bops, "fp_bops": fp_cost.bops, "rel_bops": q_cost.rel_bops,
+        "bops_reduction": fp_cost.bops / max(1, q_cost.bops), "size_bytes": q_cost.size_bytes,
+        "fp_size_bytes": fp_cost.size_bytes, "size_reduction": fp_cost.size_bytes / max(1, q_cost.size_bytes),
+        "calib_size": calib_size,
+    }
+
+
+def _recipe_name(result: Result) -> str:
+    name = getattr(result.config, "name", None)
+    if isinstance(name, str):
+        return name
+    try:
+        return recipe_of(result.model).name
+    except Exception:  # a model the method did not quantize
+        return result.method
+
+
+def write_outputs(out: Path, result: Result, reference: nn.Module, calib: Dataset) -> None:
+    """``model/``, per-layer charts, the method's files, ``report.md`` and ``metrics.json`` (written last)."""
+    m = result.metrics
+    if result.save_model:
+        save(result.model, out / "model")
+    layers, charts = [], []
+    if result.layer_report:
+        layers = layer_stats(reference, result.model, first_images(calib, REPORT_BATCH))
+        charts = _layer_charts(out, layers, f"{m['model']} / {m['recipe']}")
+        m["layers"] = [{k: None if isinstance(v, float) and math.isinf(v) else v for k, v in r.__dict__.items()}
+                       for r in layers]
+    for name, obj in result.files.items():
+        obj(out / name) if callable(obj) else write_json(out / name, obj)
+        if name.endswith(".png") and name not in charts:
+            charts.append(name)
+    write_text(out / "report.md", compression_report(m, layers, charts) + result.report)
+    write_json(out / "metrics.json", m)
+    m.pop("layers", None)
+
+
+def _layer_charts(out: Path, layers: list, title: str) -> list[str]:
+    labels = [r.name for r in layers]
+    bar_chart(out / "bits_per_layer.png", labels, {"weight": [r.w_bits for r in layers],
+                                                   "input": [float(r.a_bits) for r in layers]},
+              "bits", f"{title}: bits per layer")
+    bar_chart(out / "sqnr_per_layer.png", labels,
+              {"output SQNR": [min(r.output_sqnr_db, 99.0) for r in layers],
+               "weight SQNR": [min(r.weight_sqnr_db, 99.0) for r in layers]},
+              "dB", f"{title}: SQNR per layer (capped at 99 dB)")
+    return ["bits_per_layer.png", "sqnr_per_layer.png"]

@@ -1,0 +1,126 @@
+"""GPUSQ-ViT: sparsify -> distill -> quantize -> QAT, as one recipe.
+
+Yu, Chen, Gan, Fan, "Boost Vision Transformer with GPU-Friendly Sparsity and Quantization", CVPR 2023,
+arXiv:2305.10727; Algorithm 1 of its supplementary material (line numbers below refer to it).
+
+Stage 1 (lines 1–17): the dense float model is the teacher; the student is the same model with fixed
+N:M masks, trained with ``α·L_hard + β·L_soft + γ·L_feature``. Between the stages the weight factors
+``W_j`` are measured between the dense teacher and the sparse student (line 22). Stage 2 (lines 18–35):
+the sparse float model is the teacher; the student is its PTQ-initialised quantized copy (LSQ scales),
+trained with the ``W_j``-weighted feature loss. Masks never change.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from vitcompress.data.calib import first_batches
+from vitcompress.methods.gpusq.config import GPUSQConfig
+from vitcompress.sparsity import mask_gradients_, sparsify_
+from vitcompress.train.distill import DistillLoss, weight_factors
+from vitcompress.train.qat import prepare_sparse_qat_
+from vitcompress.train.trainer import TrainingInterrupted, train
+
+log = logging.getLogger(__name__)
+
+StageHook = Callable[[str, nn.Module], None]
+
+
+def sparse_distill_(model: nn.Module, train_set: Dataset, config: GPUSQConfig, *, state_dir: Path | None = None,
+                    resume: bool = False) -> tuple[nn.Module, dict]:
+    """Stage 1: sparsify ``model`` in place and train it against its dense copy. Returns (dense teacher, info).
+
+    Raises:
+        TrainingInterrupted: SIGTERM stopped the training (its state is saved in ``state_dir/prune``).
+    """
+    teacher = copy.deepcopy(model).eval()
+    plan = sparsify_(model, config.pattern, on_indivisible=config.on_indivisible)
+    dcfg = config.distill if config.distill_prune else replace(config.distill, soft=False, feature=False)
+    loss = DistillLoss(teacher, model, dcfg)
+    try:
+        info = train(model, loss, train_set, config.prune, state_dir / "prune" if state_dir else None, resume,
+                     after_backward=mask_gradients_, desc="stage 1: sparse distill")
+    finally:
+        loss.close()
+    info["sparse_layers"] = plan
+    _stop_if_interrupted(info, "stage 1 (sparse distillation)", state_dir)
+    return teacher, info
+
+
+def _stop_if_interrupted(info: dict, stage: str, state_dir: Path | None) -> None:
+    # a SIGTERM'd stage saved its state: the next stage must not start from a half-trained model
+    if info["interrupted"]:
+        raise TrainingInterrupted(f"{stage} stopped by SIGTERM at step {info['steps']}; state saved in "
+                                  f"{state_dir}; run again with resume to continue")
+
+
+def sparse_qat_(model: nn.Module, train_set: Dataset, calib: Dataset, factors: list[float], config: GPUSQConfig, *,
+                state_dir: Path | None = None, resume: bool = False,
+                on_stage: StageHook | None = None) -> tuple[nn.Module, dict]:
+    """Stage 2: PTQ the sparse float ``model`` in place, then QAT against its float copy. Returns (teacher, info).
+
+    Raises:
+        TrainingInterrupted: SIGTERM stopped the training (its state is saved in ``state_dir/qat``).
+    """
+    teacher = copy.deepcopy(model).eval()
+    prepare_sparse_qat_(model, config.quant, calib)
+    if on_stage is not None:
+        on_stage("ptq", model)
+        model.train()
+    loss = DistillLoss(teacher, model, config.distill, point_weights=factors)
+    try:
+        info = train(model, loss, train_set, config.qat, state_dir / "qat" if state_dir else None, resume,
+                     after_backward=mask_gradients_, desc="stage 2: sparse QAT")
+    finally:
+        loss.close()
+    _stop_if_interrupted(info, "stage 2 (sparse QAT)", state_dir)
+    return teacher, info
+
+
+def gpusq_(model: nn.Module, train_set: Dataset, calib: Dataset, config: GPUSQConfig, *,
+           state_dir: str | Path | None = None, resume: bool = False, stop_after_prune: bool = False,
+           on_stage: StageHook | None = None) -> dict:
+    """Both stages on ``model`` (in place: it ends sparse and quantized).
+
+    Args:
+        model: a dense float timm ViT/DeiT/Swin.
+        train_set: training images ``(image, label)`` (augmented) for both stages.
+        calib: calibration images for the PTQ start of stage 2; its first ``config.factor_images``
+            measure the weight factors.
+        config: the run (see :func:`~vitcompress.methods.gpusq.config.gpusq_preset`).
+        state_dir: resumable training state (``prune/`` and ``qat/`` under it); None = no checkpoints.
+        resume: continue from the state in ``state_dir``.
+        stop_after_prune: return after stage 1 (the model stays sparse and float).
+        on_stage: ``on_stage(name, model)`` is called after stage 1 (``"sparse_float"``), after PTQ
+            (``"ptq"``) and after QAT (``"qat"``), e.g. to evaluate each step.
+
+    Returns:
+        ``{"dense": dense float copy, "sparse_float": sparse float copy after stage 1, "weight_factors",
+        "prune": stage-1 info, "qat": stage-2 info}`` (no ``weight_factors``/``qat`` with ``stop_after_prune``).
+
+    Raises:
+        TrainingInterrupted: SIGTERM stopped a stage after saving its state; the next stage did not start.
+    """
+    state = Path(state_dir) if state_dir is not None else None
+    dense, prune_info = sparse_distill_(model, train_set, config, state_dir=state, resume=resume)
+    out = {"dense": dense, "prune": prune_info, "sparse_float": copy.deepcopy(model).eval()}
+    if on_stage is not None:
+        on_stage("sparse_float", model)
+    if stop_after_prune:
+        return out
+    batches = first_batches(calib, config.factor_images, what="factor_images")
+    factors = weight_factors(dense, model, batches, config.distill)
+    log.info("weight factors W_j: %s", [round(w, 4) for w in factors])
+    out["weight_factors"] = factors
+    _, out["qat"] = sparse_qat_(model, train_set, calib, factors, config, state_dir=state, resume=resume,
+                                on_stage=on_stage)
+    if on_stage is not None:
+        on_stage("qat", model)
+    return out

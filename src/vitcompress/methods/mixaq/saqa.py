@@ -1,0 +1,111 @@
+"""SAQA: sparsity-aware quantization adaptation (MixA-Q, Wang et al., 2025; supplementary Table 6).
+
+Fine-tunes a two-branch model (start: the training-free :func:`~vitcompress.methods.mixaq.mixaq_` model,
+preferably built with LSQ-learnable scales, :func:`vitcompress.train.qat.qat_recipe`) with a new ratio
+vector every iteration, drawn by the uniform-sum sampler (or the naive one, the baseline of Table 6), so
+one set of weights serves every configuration the search may pick. Both branches' gradients reach the
+shared weights. The loop is the generic resumable trainer (:func:`vitcompress.train.trainer.train`):
+the ratio vector of step s is drawn from the torch stream the trainer seeds for step s, so a resumed run
+samples the same vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from vitcompress.methods.mixaq.model import model_groups, set_ratios
+from vitcompress.methods.mixaq.sampling import naive_sample, sum_range_from_cost, uniform_sum_sample
+from vitcompress.train.trainer import TrainConfig, train
+from vitcompress.validate import one_of, positive
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("uniform-sum", "naive")
+
+
+@dataclass(frozen=True)
+class SAQAConfig:
+    """Settings of :func:`saqa_`.
+
+    Attributes:
+        steps, batch_size, lr, warmup_steps, seed: as :class:`vitcompress.train.trainer.TrainConfig`.
+        sampler: ``uniform-sum`` (MixA-Q supplementary Algorithm 1) or ``naive``.
+        cost_range: relative-cost range of the uniform-sum sampler (the paper: (0.65, 0.95)).
+        upper, step: the ratio grid (the paper: 0.8, 0.1).
+        temperature: distillation temperature when a teacher is given (loss: KL at T, times T²).
+    """
+
+    steps: int = 200
+    batch_size: int = 64
+    lr: float = 1e-5
+    warmup_steps: int = 0
+    seed: int = 0
+    sampler: str = "uniform-sum"
+    cost_range: tuple[float, float] = (0.65, 0.95)
+    upper: float = 0.8
+    step: float = 0.1
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        one_of("sampler", self.sampler, SAMPLERS)
+        positive("temperature", self.temperature)
+
+
+def ratio_sampler(n_groups: int, config: SAQAConfig):
+    """``seed -> ratio vector`` from the configured sampler."""
+    if config.sampler == "naive":
+        return lambda seed: naive_sample(n_groups, config.upper, 1, seed, config.step)[0]
+    lo, hi = sum_range_from_cost(config.cost_range, n_groups)
+    hi = min(hi, n_groups * config.upper)
+    return lambda seed: uniform_sum_sample(n_groups, (min(lo, hi), hi), config.upper, 1, seed, step=config.step)[0]
+
+
+def saqa_(model: nn.Module, train_data: Dataset, config: SAQAConfig, teacher: nn.Module | None = None,
+          state_dir: str | Path | None = None, resume: bool = False) -> dict:
+    """Fine-tune a two-branch MixA-Q model in place, one sampled ratio vector per step.
+
+    Args:
+        model: a Swin after :func:`~vitcompress.methods.mixaq.mixaq_`.
+        train_data: (image, label) items.
+        config: the :class:`SAQAConfig`.
+        teacher: optional float model; with it the loss is distillation (KL at ``temperature``) instead
+            of cross-entropy on the labels.
+        state_dir, resume: checkpoints of the trainer.
+
+    Returns:
+        The trainer's summary (steps, seconds, history of ``loss`` and ``ratio_sum``). The model is left
+        at ratio 0 in eval mode.
+    """
+    n = len(model_groups(model))
+    sample = ratio_sampler(n, config)
+    if teacher is not None:
+        teacher.eval()
+    t = float(config.temperature)
+
+    def loss_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        ratios = sample(int(torch.randint(0, 2**31 - 1, ())))  # the trainer seeds torch per step
+        set_ratios(model, ratios, upper=config.upper)
+        logits = net(x)
+        if teacher is None:
+            loss = F.cross_entropy(logits, y)
+        else:
+            with torch.no_grad():
+                target = F.log_softmax(teacher(x) / t, dim=-1)
+            loss = F.kl_div(F.log_softmax(logits / t, dim=-1), target, log_target=True, reduction="batchmean") * t * t
+        return loss, {"loss": float(loss.detach()), "ratio_sum": float(sum(ratios))}
+
+    train_config = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
+                               min_lr=config.lr / 100, warmup_steps=config.warmup_steps, seed=config.seed,
+                               weight_decay=0.0, log_every=10)
+    try:
+        result = train(model, loss_fn, train_data, train_config, state_dir=state_dir, resume=resume, desc="saqa")
+    finally:
+        set_ratios(model, [0.0] * n)
+    return result
