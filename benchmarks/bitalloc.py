@@ -26,18 +26,27 @@ import numpy as np
 import torch
 
 from vitcompress.cost import cost
+from vitcompress.data.calib import first_images
 from vitcompress.data.datasets import calibration_subset, load_dataset
 from vitcompress.eval.classification import evaluate
-from vitcompress.methods.flbq.job import base_recipe, layer_bits, weight_only_distortion
 from vitcompress.io import write_json, write_text
+from vitcompress.methods.flbq import (
+    SOLVERS,
+    BitPlan,
+    Curves,
+    UnitCurve,
+    base_recipe,
+    lagrangian_allocate,
+    layer_bits,
+    measure_curves,
+    plan_to_recipe,
+    solve,
+    weight_only_distortion,
+)
+from vitcompress.methods.flbq.units import backbone_layers, weight_units
 from vitcompress.models.registry import input_spec_of, load_model
 from vitcompress.quantize import quantize_
 from vitcompress.report.charts import bar_chart
-from vitcompress.methods.flbq import Curves, UnitCurve, dp_allocate, lagrangian_allocate
-from vitcompress.methods.flbq.apply import plan_to_recipe
-from vitcompress.methods.flbq.measure import measure_curves
-from vitcompress.methods.flbq.solvers import BitPlan
-from vitcompress.methods.flbq.units import backbone_layers, weight_units
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = {"vit-fmnist": 32, "swin-fmnist": 24}  # common divisors of every backbone layer's output channels
@@ -64,12 +73,18 @@ def depth_mix(model, layers: list[str], budget: float, early: bool) -> list[int]
 
 def run_plan(model, plan: BitPlan, calib, test, images, limit) -> dict:
     q = copy.deepcopy(model)
-    quantize_(q, plan_to_recipe(plan, model, base_recipe(8)), calib, progress=False)
-    m = evaluate(q, test, limit=limit, progress=False)
+    quantize_(q, plan_to_recipe(plan, model, base_recipe(8)), calib)
+    m = evaluate(q, test, limit=limit)
     c = cost(q)
     measured = weight_only_distortion(q, model, images)
-    return {"avg_bits": plan.avg_bits, "predicted": plan.distortion, "measured": measured,
-            "top1": m.top1, "rel_bops": c.rel_bops, "size_bytes": c.size_bytes}
+    return {
+        "avg_bits": plan.avg_bits,
+        "predicted": plan.distortion,
+        "measured": measured,
+        "top1": m.top1,
+        "rel_bops": c.rel_bops,
+        "size_bytes": c.size_bytes,
+    }
 
 
 def bench_model(name: str, budgets: list[float], limit: int | None, out: Path) -> dict:
@@ -77,75 +92,116 @@ def bench_model(name: str, budgets: list[float], limit: int | None, out: Path) -
     spec = input_spec_of(model)
     test = load_dataset(spec, "test")
     calib = calibration_subset(load_dataset(spec, "train"), 1000, seed=0)
-    images = torch.stack([calib[i][0] for i in range(64)])
-    fp = evaluate(model, test, limit=limit, progress=False)
+    images = first_images(calib, 64)
+    fp = evaluate(model, test, limit=limit)
     layers = backbone_layers(model)
     res: dict = {"model": name, "fp_top1": fp.top1, "eval_images": fp.images, "curves": {}, "rows": []}
     curves: dict[str, Curves] = {}
     for unit in ("layer", f"group:{GROUPS[name]}"):
         info: dict = {}
-        curves[unit] = measure_curves(model, [images], unit, n_images=64, progress=False, info=info)
+        curves[unit] = measure_curves(model, [images], unit, n_images=64, info=info)
         res["curves"][unit] = info
         log.info("%s %s curves: %s", name, unit, info)
     for budget in budgets:
         for unit, cv in curves.items():
-            for solver, solve in (("dp", dp_allocate), ("lg", lagrangian_allocate)):
-                plan = solve(cv, budget)
-                row = {"budget": budget, "method": f"F-LBQ-{solver.upper()}", "unit": unit, "units": len(cv),
-                       "solver_seconds": plan.seconds, **run_plan(model, plan, calib, test, images, limit)}
+            for solver in SOLVERS:
+                plan = solve(cv, budget, solver)
+                row = {
+                    "budget": budget,
+                    "method": f"F-LBQ-{solver.upper()}",
+                    "unit": unit,
+                    "units": len(cv),
+                    "solver_seconds": plan.seconds,
+                    **run_plan(model, plan, calib, test, images, limit),
+                }
                 row["layer_bits"] = layer_bits(plan, model)
                 res["rows"].append(row)
                 log.info("%s", {k: v for k, v in row.items() if k != "layer_bits"})
         if float(budget).is_integer():
             baselines = {f"uniform {int(budget)}-bit": [int(budget)] * len(layers)}
         else:
-            baselines = {"2/3 mix, early layers 3-bit": depth_mix(model, layers, budget, True),
-                         "2/3 mix, late layers 3-bit": depth_mix(model, layers, budget, False)}
+            baselines = {
+                "2/3 mix, early layers 3-bit": depth_mix(model, layers, budget, True),
+                "2/3 mix, late layers 3-bit": depth_mix(model, layers, budget, False),
+            }
         for label, bits in baselines.items():
             plan = uniform_plan(model, layers, bits, budget, label)
-            row = {"budget": budget, "method": label, "unit": "layer", "units": len(layers),
-                   **run_plan(model, plan, calib, test, images, limit)}
+            row = {
+                "budget": budget,
+                "method": label,
+                "unit": "layer",
+                "units": len(layers),
+                **run_plan(model, plan, calib, test, images, limit),
+            }
             res["rows"].append(row)
             log.info("%s", row)
-    for unit in curves:  # seed 003 Fig. 1: bits per layer for both solvers at 3 bits
+    for unit in curves:  # the F-LBQ paper's DP vs LG figure: bits per layer for both solvers at 3 bits
         rows = [r for r in res["rows"] if r["budget"] == 3 and r["unit"] == unit and "layer_bits" in r]
         if rows:
             labels = list(rows[0]["layer_bits"])
-            bar_chart(out / f"bitalloc_{name}_{unit.replace(':', '')}.png", labels,
-                      {r["method"]: [r["layer_bits"][n] for n in labels] for r in rows}, "average weight bits",
-                      f"{name}: F-LBQ bits per layer at 3 bits ({unit} units)")
+            bar_chart(
+                out / f"bitalloc_{name}_{unit.replace(':', '')}.png",
+                labels,
+                {r["method"]: [r["layer_bits"][n] for n in labels] for r in rows},
+                "average weight bits",
+                f"{name}: F-LBQ bits per layer at 3 bits ({unit} units)",
+            )
     return res
 
 
 def lg_speed() -> dict:
     rng = np.random.default_rng(0)
     a, n, bits = np.exp(rng.uniform(-5, 5, 10_000)), rng.integers(500, 1001, 10_000), range(2, 9)
-    cv = Curves(tuple(UnitCurve(f"u{i}", int(n[i]), tuple(bits), tuple(float(a[i]) * 4.0**-b for b in bits))
-                      for i in range(10_000)))
+    cv = Curves(
+        tuple(
+            UnitCurve(f"u{i}", int(n[i]), tuple(bits), tuple(float(a[i]) * 4.0**-b for b in bits))
+            for i in range(10_000)
+        )
+    )
     lg = min((lagrangian_allocate(cv, 3.5) for _ in range(5)), key=lambda p: p.seconds)
-    return {"units": 10_000, "bit_choices": 7, "sizes": "random 500..1000", "lg_seconds_best_of_5": lg.seconds,
-            "lg_avg_bits": lg.avg_bits, "lg_within_eps": lg.within_eps}
+    return {
+        "units": 10_000,
+        "bit_choices": 7,
+        "sizes": "random 500..1000",
+        "lg_seconds_best_of_5": lg.seconds,
+        "lg_avg_bits": lg.avg_bits,
+        "lg_within_eps": lg.within_eps,
+    }
 
 
 def render(result: dict) -> str:
     """docs/results/bitalloc.md: one table per model."""
     sp = result["lg_speed"]
-    lines = ["# F-LBQ results", "", f"Command: `{result['command']}` ({result['environment']}).", "",
-             f"LG on {sp['units']:,} synthetic units x {sp['bit_choices']} bit widths ({sp['sizes']} weights): "
-             f"{sp['lg_seconds_best_of_5']:.3f} s (best of 5), {sp['lg_avg_bits']:.3f} bits at budget 3.5.", ""]
+    lines = [
+        "# F-LBQ results",
+        "",
+        f"Command: `{result['command']}` ({result['environment']}).",
+        "",
+        f"LG on {sp['units']:,} synthetic units x {sp['bit_choices']} bit widths ({sp['sizes']} weights): "
+        f"{sp['lg_seconds_best_of_5']:.3f} s (best of 5), {sp['lg_avg_bits']:.3f} bits at budget 3.5.",
+        "",
+    ]
     for m in result["models"]:
-        curves = "; ".join(f"`{u}`: {i['units']} units, {i['forwards']} forwards, {i['seconds']:.0f} s"
-                           for u, i in m["curves"].items())
-        lines += [f"## {m['model']} (FP32 top-1 {m['fp_top1']:.2f} % on {m['eval_images']} test images)", "",
-                  f"Curves (64 images, bits 2..8): {curves}.", "",
-                  "| budget | method | unit | avg bits | predicted D | measured D | top-1 (%) | drop (pt) | rel. BOPs "
-                  "| size (KiB) | solver s |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        curves = "; ".join(
+            f"`{u}`: {i['units']} units, {i['forwards']} forwards, {i['seconds']:.0f} s" for u, i in m["curves"].items()
+        )
+        lines += [
+            f"## {m['model']} (FP32 top-1 {m['fp_top1']:.2f} % on {m['eval_images']} test images)",
+            "",
+            f"Curves (64 images, bits 2..8): {curves}.",
+            "",
+            "| budget | method | unit | avg bits | predicted D | measured D | top-1 (%) | drop (pt) | rel. BOPs "
+            "| size (KiB) | solver s |",
+            "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in m["rows"]:
             pred = "" if r["predicted"] != r["predicted"] else f"{r['predicted']:.4g}"
             solver = f"{r['solver_seconds']:.4f}" if "solver_seconds" in r else ""
-            lines.append(f"| {r['budget']:g} | {r['method']} | `{r['unit']}` | {r['avg_bits']:.3f} | {pred} | "
-                         f"{r['measured']:.4g} | {r['top1']:.2f} | {m['fp_top1'] - r['top1']:.2f} | "
-                         f"{r['rel_bops']:.4f} | {r['size_bytes'] / 1024:.1f} | {solver} |")
+            lines.append(
+                f"| {r['budget']:g} | {r['method']} | `{r['unit']}` | {r['avg_bits']:.3f} | {pred} | "
+                f"{r['measured']:.4g} | {r['top1']:.2f} | {m['fp_top1'] - r['top1']:.2f} | "
+                f"{r['rel_bops']:.4f} | {r['size_bytes'] / 1024:.1f} | {solver} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -168,12 +224,18 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    given = {k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in vars(args).items()
-             if v not in (None, False) and k != "out"}
-    result = {"command": "python benchmarks/bitalloc.py " + " ".join(f"--{k} {v}" for k, v in given.items()),
-              "environment": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-                             f"{torch.get_num_threads()} threads",
-              "lg_speed": lg_speed(), "models": []}
+    given = {
+        k: " ".join(map(str, v)) if isinstance(v, list) else v
+        for k, v in vars(args).items()
+        if v not in (None, False) and k != "out"
+    }
+    result = {
+        "command": "python benchmarks/bitalloc.py " + " ".join(f"--{k} {v}" for k, v in given.items()),
+        "environment": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        "lg_speed": lg_speed(),
+        "models": [],
+    }
     log.info("solver speed: %s", result["lg_speed"])
     for name in args.models:
         result["models"].append(bench_model(name, args.budgets, args.limit, out))

@@ -59,10 +59,17 @@ def accuracy(model, fp_model, folder: Path, spec, limit: int | None, threads: in
         max_abs = max(max_abs, float((fq - q8).abs().max()))
         max_abs_fp = max(max_abs_fp, float((fp - o32).abs().max()))
     pct = lambda k: round(100.0 * k / n, 2)  # noqa: E731
-    return {"images": n, "fp32_torch_top1": pct(hits_fp), "fp32_ort_top1": pct(hits_ortfp),
-            "fakequant_top1": pct(hits_fq), "int8_ort_top1": pct(hits_int8),
-            "int8_minus_fakequant_pt": round(100.0 * (hits_int8 - hits_fq) / n, 2),
-            "top1_agreement_pct": pct(agree), "max_abs_logit_diff_int8": max_abs, "max_abs_logit_diff_fp32": max_abs_fp}
+    return {
+        "images": n,
+        "fp32_torch_top1": pct(hits_fp),
+        "fp32_ort_top1": pct(hits_ortfp),
+        "fakequant_top1": pct(hits_fq),
+        "int8_ort_top1": pct(hits_int8),
+        "int8_minus_fakequant_pt": round(100.0 * (hits_int8 - hits_fq) / n, 2),
+        "top1_agreement_pct": pct(agree),
+        "max_abs_logit_diff_int8": max_abs,
+        "max_abs_logit_diff_fp32": max_abs_fp,
+    }
 
 
 def run_model(name: str, args: argparse.Namespace) -> dict:
@@ -72,18 +79,32 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     calib = calibration_subset(load_dataset(spec, "train"), args.calib_size, seed=0)
     t0 = time.perf_counter()
     quantize_(model, resolve_recipe(args.recipe), calib, batch_size=32)
-    out = {"model": name, "recipe": args.recipe, "calib_size": args.calib_size, "ptq_s": time.perf_counter() - t0,
-           "loadavg_before": os.getloadavg()}
+    out = {
+        "model": name,
+        "recipe": args.recipe,
+        "calib_size": args.calib_size,
+        "ptq_s": time.perf_counter() - t0,
+        "loadavg_before": os.getloadavg(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        bench = benchmark_deploy(model, batches=tuple(args.batches), threads=args.threads, warmup=args.warmup,
-                                 repeats=args.repeats, rounds=args.rounds, work_dir=folder)
+        bench = benchmark_deploy(
+            model,
+            batches=tuple(args.batches),
+            threads=args.threads,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            rounds=args.rounds,
+            work_dir=folder,
+        )
         bench["model"] = name
         print(format_bench(bench), flush=True)
         out["bench"] = bench
         x = torch.randn(args.profile_batch, spec.in_chans, spec.img_size, spec.img_size)
-        out["profile_ms"] = {f"{p}_b{args.profile_batch}": profile_ops(folder / f"model-{p}.onnx", x, args.threads,
-                                                                         runs=3) for p in ("fp32", "int8")}
+        out["profile_ms"] = {
+            f"{p}_b{args.profile_batch}": profile_ops(folder / f"model-{p}.onnx", x, args.threads, runs=3)
+            for p in ("fp32", "int8")
+        }
         out["onnx_bytes"] = {p: (folder / f"model-{p}.onnx").stat().st_size for p in ("fp32", "int8")}
         if not name.startswith("timm:"):  # random-weight timm models: accuracy means nothing
             with torch.no_grad():
@@ -102,8 +123,10 @@ def ablation(args: argparse.Namespace) -> dict:
     from vitcompress.export.bench import time_engines
 
     name = "timm:deit_small_patch16_224"
-    recipes = {"w8a8": resolve_recipe("w8a8"),
-               "w8a8, LayerNorm inputs float": dataclasses.replace(resolve_recipe("w8a8"), norm=QuantSpec(32))}
+    recipes = {
+        "w8a8": resolve_recipe("w8a8"),
+        "w8a8, LayerNorm inputs float": dataclasses.replace(resolve_recipe("w8a8"), norm=QuantSpec(32)),
+    }
     x = None
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,49 +139,77 @@ def ablation(args: argparse.Namespace) -> dict:
             if i == 0:
                 export_onnx(model, folder / "fp32.onnx", precision="fp32")
         x = torch.randn(args.profile_batch, spec.in_chans, spec.img_size, spec.img_size)
-        variants = [("w8a8", 0, "all", args.threads), ("w8a8", 0, "extended", args.threads),
-                    ("w8a8", 0, "basic", args.threads), ("w8a8, LayerNorm inputs float", 1, "all", args.threads),
-                    ("w8a8", 0, "all", 2)]
+        variants = [
+            ("w8a8", 0, "all", args.threads),
+            ("w8a8", 0, "extended", args.threads),
+            ("w8a8", 0, "basic", args.threads),
+            ("w8a8, LayerNorm inputs float", 1, "all", args.threads),
+            ("w8a8", 0, "all", 2),
+        ]
         for tag, i, level, threads in variants:
-            engines = {"ort-fp32": OrtModule(ort_session(folder / "fp32.onnx", threads, level)),
-                       "ort-int8": OrtModule(ort_session(folder / f"int8-{i}.onnx", threads, level))}
+            engines = {
+                "ort-fp32": OrtModule(ort_session(folder / "fp32.onnx", threads, level)),
+                "ort-int8": OrtModule(ort_session(folder / f"int8-{i}.onnx", threads, level)),
+            }
             t = {r.engine: r for r in time_engines(engines, x, args.warmup, args.repeats, args.rounds)}
-            rows.append({"recipe": tag, "opt_level": level, "threads": threads,
-                         "fp32_median_ms": 1e3 * t["ort-fp32"].median_s, "int8_median_ms": 1e3 * t["ort-int8"].median_s,
-                         "fp32_min_ms": 1e3 * t["ort-fp32"].min_s, "int8_min_ms": 1e3 * t["ort-int8"].min_s,
-                         "speedup_median": t["ort-fp32"].median_s / t["ort-int8"].median_s,
-                         "speedup_min": t["ort-fp32"].min_s / t["ort-int8"].min_s, "loadavg": os.getloadavg()})
+            rows.append(
+                {
+                    "recipe": tag,
+                    "opt_level": level,
+                    "threads": threads,
+                    "fp32_median_ms": 1e3 * t["ort-fp32"].median_s,
+                    "int8_median_ms": 1e3 * t["ort-int8"].median_s,
+                    "fp32_min_ms": 1e3 * t["ort-fp32"].min_s,
+                    "int8_min_ms": 1e3 * t["ort-int8"].min_s,
+                    "speedup_median": t["ort-fp32"].median_s / t["ort-int8"].median_s,
+                    "speedup_min": t["ort-fp32"].min_s / t["ort-int8"].min_s,
+                    "loadavg": os.getloadavg(),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     return {"model": name, "batch": args.profile_batch, "rows": rows}
 
 
 def markdown(results: dict) -> str:
     """The tables of docs/deploy.md from deploy.json."""
-    out = ["| model | batch | torch FP32 ms (min / median / max) | ORT FP32 ms | ORT INT8 ms | INT8 vs ORT FP32 "
-           "(median) | INT8 vs torch | BOPs ratio | integer / float-compute kernels | load avg |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| model | batch | torch FP32 ms (min / median / max) | ORT FP32 ms | ORT INT8 ms | INT8 vs ORT FP32 "
+        "(median) | INT8 vs torch | BOPs ratio | integer / float-compute kernels | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, r in results["runs"].items():
         b = r["bench"]
         t = {(x["engine"], x["batch"]): x for x in b["timings"]}
         for batch in sorted({x["batch"] for x in b["timings"]}):
-            cells = {e: "{:.1f} / **{:.1f}** / {:.1f}".format(*(1e3 * t[(e, batch)][k] for k in ("min_s", "median_s",
-                                                                                             "max_s")))
-                     for e in ("torch-fp32", "ort-fp32", "ort-int8")}
+            cells = {
+                e: "{:.1f} / **{:.1f}** / {:.1f}".format(
+                    *(1e3 * t[(e, batch)][k] for k in ("min_s", "median_s", "max_s"))
+                )
+                for e in ("torch-fp32", "ort-fp32", "ort-int8")
+            }
             cell = cells.__getitem__
             k = b["kernels"]
-            out.append(f"| `{name}` | {batch} | {cell('torch-fp32')} | {cell('ort-fp32')} | {cell('ort-int8')} | "
-                       f"**{b['speedups'][f'int8_vs_ort_fp32_b{batch}']:.2f}x** | "
-                       f"{b['speedups'][f'int8_vs_torch_fp32_b{batch}']:.2f}x | {b['bops_ratio']:.0f}x | "
-                       f"{k['integer']} / {k['float_compute']} | {r['loadavg_before'][0]:.1f}-"
-                       f"{r['loadavg_after'][0]:.1f} |")
-    out += ["", "| model | images | FP32 torch | FP32 ORT | fake-quant torch | INT8 ORT | INT8 − fake-quant (pt) | "
-            "top-1 agreement | max abs logit diff |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            out.append(
+                f"| `{name}` | {batch} | {cell('torch-fp32')} | {cell('ort-fp32')} | {cell('ort-int8')} | "
+                f"**{b['speedups'][f'int8_vs_ort_fp32_b{batch}']:.2f}x** | "
+                f"{b['speedups'][f'int8_vs_torch_fp32_b{batch}']:.2f}x | {b['bops_ratio']:.0f}x | "
+                f"{k['integer']} / {k['float_compute']} | {r['loadavg_before'][0]:.1f}-"
+                f"{r['loadavg_after'][0]:.1f} |"
+            )
+    out += [
+        "",
+        "| model | images | FP32 torch | FP32 ORT | fake-quant torch | INT8 ORT | INT8 − fake-quant (pt) | "
+        "top-1 agreement | max abs logit diff |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, r in results["runs"].items():
         a = r.get("accuracy")
         if a:
-            out.append(f"| `{name}` | {a['images']} | {a['fp32_torch_top1']:.2f} | {a['fp32_ort_top1']:.2f} | "
-                       f"{a['fakequant_top1']:.2f} | {a['int8_ort_top1']:.2f} | {a['int8_minus_fakequant_pt']:+.2f} | "
-                       f"{a['top1_agreement_pct']:.2f} % | {a['max_abs_logit_diff_int8']:.3f} |")
+            out.append(
+                f"| `{name}` | {a['images']} | {a['fp32_torch_top1']:.2f} | {a['fp32_ort_top1']:.2f} | "
+                f"{a['fakequant_top1']:.2f} | {a['int8_ort_top1']:.2f} | {a['int8_minus_fakequant_pt']:+.2f} | "
+                f"{a['top1_agreement_pct']:.2f} % | {a['max_abs_logit_diff_int8']:.3f} |"
+            )
     for name, r in results["runs"].items():
         for tag, prof in r["profile_ms"].items():
             total = sum(prof.values())
@@ -180,8 +231,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--profile-batch", type=int, default=8)
     p.add_argument("--out", default=str(ROOT / "docs" / "results" / "deploy.json"))
-    p.add_argument("--ablation", action="store_true", help="only the ViT-S INT8/FP32 ablation (opt level, "
-                   "LayerNorm-input QDQ, threads) into the 'ablation' entry")
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="only the ViT-S INT8/FP32 ablation (opt level, LayerNorm-input QDQ, threads) into the 'ablation' entry",
+    )
     p.add_argument("--markdown", action="store_true", help="only print the markdown tables of --out")
     args = p.parse_args()
     if args.markdown:
@@ -201,9 +255,14 @@ def main() -> None:
     for name in args.models:
         r = run_model(name, args)
         r["command"] = "python benchmarks/deploy.py " + " ".join(sys.argv[1:])
-        r["environment"] = {"python": platform.python_version(), "torch": torch.__version__,
-                            "onnxruntime": onnxruntime.__version__, "cpu": platform.processor() or platform.machine(),
-                            "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        r["environment"] = {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }
         results["runs"][name] = r
         write_json(out, results)  # after every model: a long run keeps what it has measured
 

@@ -1,5 +1,7 @@
-"""Evol-Q benchmark (docs/evolq.md): seed 002 Table 1 rows, the passes curve (Fig. 9), fitness and
-calibration-size ablations, wall time. One experiment per process writes ``runs/evolq/<tag>.json``;
+"""Evol-Q benchmark (docs/evolq.md): the rows of Table 1 of Evol-Q's supplementary material, the passes
+curve (its Fig. 9), fitness and calibration-size ablations, wall time. Evol-Q: Frumkin, Gope,
+Marculescu, "Jumping through Local Minima: Quantization in the Loss Landscape of Vision Transformers",
+ICCV 2023, arXiv:2308.10814. One experiment per process writes ``runs/evolq/<tag>.json``;
 ``merge`` combines them into ``docs/results/evolq.json``, draws ``docs/results/evolq_passes_<model>.png``
 and prints the markdown tables.
 
@@ -11,31 +13,37 @@ and prints the markdown tables.
 Every run uses 1 torch thread (``--threads``), 1,000 PTQ calibration images (seeded subset of the
 train split) and the default EvolQConfig unless the experiment changes one field. Final top-1 is on
 ``--eval-limit`` test images (default: all 10,000); the per-pass top-1 of ``table1`` on the first
-``--pass-eval`` test images. The test set never steers the search.
+``--pass-eval`` test images. The test set never steers the search. PTQ and Evol-Q run through
+``vitcompress.compress_`` (a Recipe, then an EvolQConfig on the quantized model).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import logging
-import platform
-import sys
-import time
-from pathlib import Path
+import os
 
-import torch
-from torch.utils.data import Subset
+os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported (torch imports it)
 
-from vitcompress.config import Recipe, get_preset
-from vitcompress.data import calibration_subset, load_dataset, make_loader
-from vitcompress.eval import evaluate
-from vitcompress.io import write_json
-from vitcompress.models import input_spec_of, load_model
-from vitcompress.quantize import quantize_
-from vitcompress.methods.evolq import EvolQConfig, evolq_
-from vitcompress.methods.evolq.allocator import keep_freed_memory
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from torch.utils.data import Subset  # noqa: E402
+
+from vitcompress import compress_  # noqa: E402
+from vitcompress.config import Recipe, get_preset  # noqa: E402
+from vitcompress.data import calibration_subset, load_dataset, make_loader  # noqa: E402
+from vitcompress.eval import evaluate  # noqa: E402
+from vitcompress.io import write_json  # noqa: E402
+from vitcompress.methods.evolq import EvolQConfig  # noqa: E402
+from vitcompress.methods.evolq.allocator import keep_freed_memory  # noqa: E402
+from vitcompress.methods.evolq.report import passes_chart as draw_passes  # noqa: E402
+from vitcompress.models import input_spec_of, load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "evolq"
@@ -44,13 +52,21 @@ log = logging.getLogger("evolq-bench")
 
 
 def table1_recipes(bits: str) -> dict[str, Recipe]:
-    """Seed 002 Table 1 rows: FQ-ViT with min-max ranges, + OMSE, + bias correction (= fqvit-<bits>);
+    """The paper's Table 1 rows: FQ-ViT with min-max ranges, + OMSE, + bias correction (= fqvit-<bits>);
     the plain min-max preset (uniform softmax and LayerNorm inputs) as a reference."""
     fq = get_preset(f"fqvit-{bits}")
-    minmax = dataclasses.replace(fq, act=dataclasses.replace(fq.act, observer="minmax"),
-                                 qkv=dataclasses.replace(fq.qkv, observer="minmax"), bias_correction=False)
-    return {"plain min-max preset": get_preset(bits), "FQ-ViT (min-max)": minmax,
-            "+ OMSE": dataclasses.replace(fq, bias_correction=False), "+ bias corr.": fq}
+    minmax = dataclasses.replace(
+        fq,
+        act=dataclasses.replace(fq.act, observer="minmax"),
+        qkv=dataclasses.replace(fq.qkv, observer="minmax"),
+        bias_correction=False,
+    )
+    return {
+        "plain min-max preset": get_preset(bits),
+        "FQ-ViT (min-max)": minmax,
+        "+ OMSE": dataclasses.replace(fq, bias_correction=False),
+        "+ bias corr.": fq,
+    }
 
 
 class TimedEval:
@@ -78,22 +94,30 @@ class Bench:
         self.calib = calibration_subset(self.train, 1000, seed=seed)
 
     def ptq(self, recipe: Recipe):
-        return quantize_(load_model(self.model_name), recipe, self.calib, progress=False)
+        return compress_(load_model(self.model_name), recipe, self.calib).model
 
     def top1(self, model, limit: int | None) -> float:
-        return evaluate(model, self.test, limit=limit, progress=False).top1
+        return evaluate(model, self.test, limit=limit).top1
 
     def evolq(self, model, config: EvolQConfig, pass_eval: int | None, calib=None) -> dict:
         timed = TimedEval(self.test, pass_eval) if pass_eval else None
         t0, c0 = time.perf_counter(), time.process_time()
-        r = evolq_(model, calib if calib is not None else self.calib, config, eval_data=timed, progress=False)
+        # the model is quantized already: compress_ runs the search alone (no recipe, no PTQ)
+        r = compress_(model, config, calib if calib is not None else self.calib, eval_data=timed).plan
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         eval_s, eval_cpu = (timed.seconds, timed.cpu_seconds) if timed else (0.0, 0.0)
         # wall time is inflated on a shared machine; CPU time of a 1-thread run is what an idle core takes
-        return {"config": config.to_dict(), "history": r.history, "evaluations": r.evaluations,
-                "wall_seconds": wall, "pass_eval_seconds": eval_s, "search_seconds": wall - eval_s,
-                "search_cpu_seconds": cpu - eval_cpu, "fitness_before": r.fitness_before,
-                "fitness_after": r.fitness_after}
+        return {
+            "config": config.to_dict(),
+            "history": r.history,
+            "evaluations": r.evaluations,
+            "wall_seconds": wall,
+            "pass_eval_seconds": eval_s,
+            "search_seconds": wall - eval_s,
+            "search_cpu_seconds": cpu - eval_cpu,
+            "fitness_before": r.fitness_before,
+            "fitness_after": r.fitness_after,
+        }
 
 
 def run_table1(args, emit) -> dict:
@@ -109,8 +133,14 @@ def run_table1(args, emit) -> dict:
         run["seed"] = seed
         rows.append({"seed": seed, "variant": "+ Evol-Q", "top1": bench.top1(last, args.eval_limit)})
         runs.append(run)
-        log.info("%s %s seed %d + Evol-Q: %.2f (search %.0f s)", args.model, args.bits, seed, rows[-1]["top1"],
-                 run["search_seconds"])
+        log.info(
+            "%s %s seed %d + Evol-Q: %.2f (search %.0f s)",
+            args.model,
+            args.bits,
+            seed,
+            rows[-1]["top1"],
+            run["search_seconds"],
+        )
         emit({"rows": rows, "runs": runs})
     return {"rows": rows, "runs": runs}
 
@@ -123,8 +153,9 @@ def run_fitness(args, emit) -> dict:
         model = bench.ptq(ptq)
         run = bench.evolq(model, EvolQConfig(seed=args.seed, fitness=name, passes=args.passes), None)
         rows.append({"fitness": name, "seed": args.seed, "top1": bench.top1(model, args.eval_limit), **run})
-        log.info("%s %s fitness %s: %.2f (%.0f s)", args.model, args.bits, name, rows[-1]["top1"],
-                 run["search_seconds"])
+        log.info(
+            "%s %s fitness %s: %.2f (%.0f s)", args.model, args.bits, name, rows[-1]["top1"], run["search_seconds"]
+        )
         emit({"rows": rows})
     return {"rows": rows}
 
@@ -149,47 +180,32 @@ def _mean_std(values: list[float]) -> str:
 
 
 def passes_chart(path: Path, model: str, runs: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from vitcompress.report.charts import save_figure
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
-    for run in runs:
-        h = run["history"]
-        label = f"{run['bits']} seed {run['seed']}"
-        a1.plot([e["pass"] for e in h], [e["top1"] for e in h], marker="o", ms=3, label=label)
-        a2.plot([e["pass"] for e in h], [e["fitness"] - h[0]["fitness"] for e in h], marker="o", ms=3, label=label)
-    a1.set_xlabel("pass")
-    a1.set_ylabel(f"test top-1 (%), first {runs[0].get('pass_eval', '?')} images")
-    a2.set_xlabel("pass")
-    a2.set_ylabel("infoNCE fitness − PTQ fitness")
-    a1.set_title(f"{model}: top-1 vs pass")
-    a2.set_title(f"{model}: calibration fitness vs pass")
-    for a in (a1, a2):
-        a.grid(alpha=0.3)
-    a1.legend(fontsize=7)
-    save_figure(fig, path)
+    curves = [{"label": f"{run['bits']} seed {run['seed']}", "history": run["history"]} for run in runs]
+    draw_passes(path, model, curves, f"test top-1 (%), first {runs[0].get('pass_eval', '?')} images")
 
 
 def merge(args) -> None:
     parts = [json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))]
     parts = [p for p in parts if p.get("kind") in ("table1", "fitness", "calib")]
     write_json(RESULTS / "evolq.json", {"parts": parts})
-    print("## Table 1\n\n| model | bits | variant | seeds | top-1 (mean ± std) | per seed |\n"
-          "|---|---|---|---|---:|---|")
+    print(
+        "## Table 1\n\n| model | bits | variant | seeds | top-1 (mean ± std) | per seed |\n|---|---|---|---|---:|---|"
+    )
     by: dict[tuple, list] = {}  # (model, bits, variant) -> rows of every seed, over all parts
     for part in (p for p in parts if p["kind"] == "table1"):
         for r in part["rows"]:
             by.setdefault((part["model"], part["bits"], r["variant"]), []).append(r)
     for (model, bits, variant), rs in by.items():
         rs = sorted(rs, key=lambda r: r["seed"])
-        print(f"| {model} | {bits} | {variant} | {len(rs)} | {_mean_std([r['top1'] for r in rs])} | "
-              + ", ".join(f"{r['top1']:.2f}" for r in rs) + " |")
-    print("\n## Runs\n\n| model | bits | experiment | seed | passes | fitness before → after | search wall s | "
-          "search CPU s | evals |\n|---|---|---|---|---:|---|---:|---:|---:|")
+        print(
+            f"| {model} | {bits} | {variant} | {len(rs)} | {_mean_std([r['top1'] for r in rs])} | "
+            + ", ".join(f"{r['top1']:.2f}" for r in rs)
+            + " |"
+        )
+    print(
+        "\n## Runs\n\n| model | bits | experiment | seed | passes | fitness before → after | search wall s | "
+        "search CPU s | evals |\n|---|---|---|---|---:|---|---:|---:|---:|"
+    )
     charts: dict[str, list] = {}
     for part in parts:
         runs = part.get("runs", []) + [r for r in part["rows"] if "history" in r]
@@ -198,15 +214,20 @@ def merge(args) -> None:
             if part["kind"] == "calib":
                 what += f" calib {run['config']['calib_size']}"
             cpu = run.get("search_cpu_seconds")
-            print(f"| {part['model']} | {part['bits']} | {part['kind']} {what} | {run['seed']} | "
-                  f"{run['config']['passes']} | {run['fitness_before']:.5f} → {run['fitness_after']:.5f} | "
-                  f"{run['search_seconds']:.0f} | {'—' if cpu is None else f'{cpu:.0f}'} | {run['evaluations']} |")
+            print(
+                f"| {part['model']} | {part['bits']} | {part['kind']} {what} | {run['seed']} | "
+                f"{run['config']['passes']} | {run['fitness_before']:.5f} → {run['fitness_after']:.5f} | "
+                f"{run['search_seconds']:.0f} | {'—' if cpu is None else f'{cpu:.0f}'} | {run['evaluations']} |"
+            )
             if run["history"][0]["top1"] is not None:
-                charts.setdefault(part["model"], []).append({**run, "bits": part["bits"],
-                                                             "pass_eval": part["args"].get("pass_eval")})
+                charts.setdefault(part["model"], []).append(
+                    {**run, "bits": part["bits"], "pass_eval": part["args"].get("pass_eval")}
+                )
     for part in (p for p in parts if p["kind"] in ("fitness", "calib")):
-        print(f"\n{part['model']} {part['bits']} {part['kind']}: " + ", ".join(
-            f"{r.get('fitness', r.get('calib_size'))} {r['top1']:.2f}" for r in part["rows"]))
+        print(
+            f"\n{part['model']} {part['bits']} {part['kind']}: "
+            + ", ".join(f"{r.get('fitness', r.get('calib_size'))} {r['top1']:.2f}" for r in part["rows"])
+        )
     for model, runs in charts.items():
         passes_chart(RESULTS / f"evolq_passes_{model}.png", model, runs)
 
@@ -239,10 +260,20 @@ def main() -> None:
     tag = args.tag or f"{args.kind}_{args.model}_{args.bits}"
 
     def emit(result: dict, done: bool = False) -> None:  # after every row: a killed run keeps what it did
-        write_json(RUNS / f"{tag}.json", {"kind": args.kind, "model": args.model, "bits": args.bits,
-                                          "command": "python benchmarks/evolq.py " + " ".join(sys.argv[1:]),
-                                          "environment": env, "seconds": time.perf_counter() - t0, "done": done,
-                                          "args": vars(args), **result})
+        write_json(
+            RUNS / f"{tag}.json",
+            {
+                "kind": args.kind,
+                "model": args.model,
+                "bits": args.bits,
+                "command": "python benchmarks/evolq.py " + " ".join(sys.argv[1:]),
+                "environment": env,
+                "seconds": time.perf_counter() - t0,
+                "done": done,
+                "args": vars(args),
+                **result,
+            },
+        )
 
     result = {"table1": run_table1, "fitness": run_fitness, "calib": run_calib}[args.kind](args, emit)
     emit(result, done=True)

@@ -18,8 +18,9 @@ base = get_preset(f"fqvit-{bits}")
 a = base.act.bits
 variants = {
     "fqvit": base,
-    "minmax act": dataclasses.replace(base, act=dataclasses.replace(base.act, observer="minmax"),
-                                      qkv=dataclasses.replace(base.qkv, observer="minmax")),
+    "minmax act": dataclasses.replace(
+        base, act=dataclasses.replace(base.act, observer="minmax"), qkv=dataclasses.replace(base.qkv, observer="minmax")
+    ),
     "uniform probs": dataclasses.replace(base, probs=QuantSpec(a, "asymmetric")),
     "uniform norm": dataclasses.replace(base, norm=QuantSpec(a, "asymmetric", observer="omse")),
     "no bias corr": dataclasses.replace(base, bias_correction=False),

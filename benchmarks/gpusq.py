@@ -1,5 +1,7 @@
 """GPUSQ-ViT benchmark: dense FP, 2:4 one-shot, 2:4 fine-tuned without / with distillation, 2:4+INT8,
-4:8+INT4, and the seed-004 Table 3 ablation in shape (weight factor off, soft loss off, feature loss off).
+4:8+INT4, and the ablation of Table 3 in shape (weight factor off, soft loss off, feature loss off) of
+Yu, Chen, Gan, Fan, "Boost Vision Transformer with GPU-Friendly Sparsity and Quantization", CVPR 2023,
+arXiv:2305.10727 (supplementary material).
 
 Each variant runs in its own process (run them in parallel, one thread each) and writes
 ``<out>/<model>/<variant>.json``; ``--merge`` collects them into ``docs/results/gpusq.json``.
@@ -16,31 +18,43 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
+os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars (tqdm reads it on import)
 
-from vitcompress.cost import cost
-from vitcompress.data.datasets import calibration_subset, load_dataset
-from vitcompress.eval.classification import evaluate
-from vitcompress.methods.gpusq.algorithm import GPUSQJob, gpusq_preset, run_gpusq, run_gpusq_job
-from vitcompress.models.registry import input_spec_of, load_model
-from vitcompress.sparsity import sparsify_
+import torch  # noqa: E402
+
+from vitcompress.cost import cost  # noqa: E402
+from vitcompress.data.datasets import calibration_subset, load_dataset  # noqa: E402
+from vitcompress.eval.classification import evaluate  # noqa: E402
+from vitcompress.jobs import JobConfig, run_job  # noqa: E402
+from vitcompress.methods.gpusq import gpusq_, gpusq_preset  # noqa: E402
+from vitcompress.models.registry import input_spec_of, load_model  # noqa: E402
+from vitcompress.models.source import ModelSource  # noqa: E402
+from vitcompress.sparsity import sparsify_  # noqa: E402
 
 ABLATIONS = {"no-wf": {"weight_factors": False}, "no-soft": {"soft": False}, "no-feat": {"feature": False}}
 VARIANTS = ("dense", "oneshot", "prune-ce", "int8", "int4") + tuple(
-    f"{fmt}-{a}" for fmt in ("int8", "int4") for a in ABLATIONS)
+    f"{fmt}-{a}" for fmt in ("int8", "int4") for a in ABLATIONS
+)
 
 
 def _eval(model, test, limit):
-    m = evaluate(model, test, limit=limit, progress=False)
+    m = evaluate(model, test, limit=limit)
     c = cost(model)
-    return {"top1": m.top1, "top5": m.top5, "images": m.images, "size_bytes": c.size_bytes, "bops": c.bops,
-            "rel_bops": c.rel_bops}
+    return {
+        "top1": m.top1,
+        "top5": m.top5,
+        "images": m.images,
+        "size_bytes": c.size_bytes,
+        "bops": c.bops,
+        "rel_bops": c.rel_bops,
+    }
 
 
 def run_variant(args) -> dict:
@@ -58,25 +72,54 @@ def run_variant(args) -> dict:
         config = replace(gpusq_preset("gpusq-int8", args.steps, batch_size=args.batch_size), distill_prune=False)
         train_set = load_dataset(spec, "train", args.data_root, augment=True)
         calib = calibration_subset(load_dataset(spec, "train", args.data_root), config.calib_size)
-        res = run_gpusq(model, train_set, calib, config, out / "prune-ce" / "state", args.resume, progress=False,
-                        stop_after_prune=True)
+        res = gpusq_(
+            model,
+            train_set,
+            calib,
+            config,
+            state_dir=out / "prune-ce" / "state",
+            resume=args.resume,
+            stop_after_prune=True,
+        )
         return {**_eval(model, test, args.limit), "prune": {k: res["prune"][k] for k in ("steps", "seconds", "final")}}
     fmt, _, ablation = args.variant.partition("-")
     config = gpusq_preset(f"gpusq-{fmt}", args.steps, batch_size=args.batch_size)
     if ablation:
-        config = replace(config, distill=replace(config.distill, **ABLATIONS[ablation]))
+        config = replace(config, distill=replace(config.distill, **ABLATIONS[ablation]), eval_stages=False)
         source = out / fmt / "state" / "prune" / "trainer_state.pt"
         if not source.is_file():
             raise SystemExit(f"{args.variant} reuses the stage-1 checkpoint {source}: run --variant {fmt} first")
         target = out / args.variant / "state" / "prune"
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, target / "trainer_state.pt")
-    job = GPUSQJob(model=args.model, config=config, data_root=args.data_root, eval_limit=args.limit,
-                   resume=bool(ablation) or args.resume, progress=False, eval_stages=not ablation)
-    m = run_gpusq_job(job, out / args.variant)
-    keep = ("fp_top1", "sparse_float_top1", "ptq_top1", "q_top1", "q_top5", "eval_images", "size_bytes",
-            "fp_size_bytes", "size_reduction", "bops", "fp_bops", "bops_reduction", "rel_bops", "weight_factors",
-            "prune", "qat", "seconds")
+    job = JobConfig(
+        source=ModelSource(args.model),
+        out=str(out / args.variant),
+        calib_size=config.calib_size,
+        limit=args.limit,
+        resume=bool(ablation) or args.resume,
+        data_root=args.data_root,
+    )
+    m = run_job(job, config).metrics
+    keep = (
+        "fp_top1",
+        "sparse_float_top1",
+        "ptq_top1",
+        "q_top1",
+        "q_top5",
+        "eval_images",
+        "size_bytes",
+        "fp_size_bytes",
+        "size_reduction",
+        "bops",
+        "fp_bops",
+        "bops_reduction",
+        "rel_bops",
+        "weight_factors",
+        "prune",
+        "qat",
+        "seconds",
+    )
     return {k: m[k] for k in keep}
 
 
@@ -87,12 +130,15 @@ def merge(out: Path) -> dict:
     return results
 
 
-ROWS = (("dense", "dense FP32"), ("oneshot", "2:4 one-shot magnitude pruning, no training"),
-        ("prune-ce", "2:4 fine-tuned without distillation (hard labels only)"),
-        ("int8:sparse_float_top1", "2:4 fine-tuned with distillation (stage 1 of gpusq-int8)"),
-        ("int8", "2:4 + INT8 (gpusq-int8)"),
-        ("int4:sparse_float_top1", "4:8 fine-tuned with distillation (stage 1 of gpusq-int4)"),
-        ("int4", "4:8 + INT4 weights, INT8 activations (gpusq-int4)"))
+ROWS = (
+    ("dense", "dense FP32"),
+    ("oneshot", "2:4 one-shot magnitude pruning, no training"),
+    ("prune-ce", "2:4 fine-tuned without distillation (hard labels only)"),
+    ("int8:sparse_float_top1", "2:4 fine-tuned with distillation (stage 1 of gpusq-int8)"),
+    ("int8", "2:4 + INT8 (gpusq-int8)"),
+    ("int4:sparse_float_top1", "4:8 fine-tuned with distillation (stage 1 of gpusq-int4)"),
+    ("int4", "4:8 + INT4 weights, INT8 activations (gpusq-int4)"),
+)
 
 
 def _top1(res: dict, key: str) -> float | None:
@@ -108,8 +154,12 @@ def markdown(results: dict) -> str:
     lines = []
     for model, res in results.items():
         fp = _top1(res, "dense")
-        lines += [f"### {model}", "", "| variant | top-1 (%) | vs dense (pt) | size vs FP32 | BOPs vs FP32 |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += [
+            f"### {model}",
+            "",
+            "| variant | top-1 (%) | vs dense (pt) | size vs FP32 | BOPs vs FP32 |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for key, label in ROWS:
             t = _top1(res, key)
             if t is None:
@@ -121,10 +171,16 @@ def markdown(results: dict) -> str:
                 d = res["dense"]
                 size, bops = f"×{d['size_bytes'] / r['size_bytes']:.2f}", f"×{d['bops'] / r['bops']:.2f}"
             lines.append(f"| {label} | {t:.2f} | {t - fp:+.2f} | {size} | {bops} |")
-        abl = [(f"{fmt}{suffix}", f"{fmt.upper()} {what}") for fmt in ("int8", "int4")
-               for suffix, what in (("", "full (α, β, γ = 1, 10, 5, weight factor on)"),
-                                    ("-no-wf", "weight factor off"), ("-no-soft", "soft loss off (β = 0)"),
-                                    ("-no-feat", "feature loss off (γ = 0)"))]
+        abl = [
+            (f"{fmt}{suffix}", f"{fmt.upper()} {what}")
+            for fmt in ("int8", "int4")
+            for suffix, what in (
+                ("", "full (α, β, γ = 1, 10, 5, weight factor on)"),
+                ("-no-wf", "weight factor off"),
+                ("-no-soft", "soft loss off (β = 0)"),
+                ("-no-feat", "feature loss off (γ = 0)"),
+            )
+        ]
         if any(k in res for k, _ in abl if "-" in k):
             lines += ["", "| ablation (stage 2 only) | top-1 (%) | vs full (pt) |", "|---|---:|---:|"]
             for key, label in abl:
@@ -160,9 +216,15 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     res = run_variant(args)
-    res.update(variant=args.variant, model=args.model, steps=args.steps, batch_size=args.batch_size,
-               wall_seconds=time.perf_counter() - t0, threads=args.threads,
-               command=" ".join(["python", "benchmarks/gpusq.py", *(argv or sys.argv[1:])]))
+    res.update(
+        variant=args.variant,
+        model=args.model,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        wall_seconds=time.perf_counter() - t0,
+        threads=args.threads,
+        command=" ".join(["python", "benchmarks/gpusq.py", *(argv or sys.argv[1:])]),
+    )
     path = Path(args.out) / args.model / f"{args.variant}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=2) + "\n")

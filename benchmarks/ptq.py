@@ -24,12 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | recipe | FP top-1 | Q top-1 | drop (pt) | rel. BOPs | size (KiB) | FP size (KiB) | PTQ s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | recipe | FP top-1 | Q top-1 | drop (pt) | rel. BOPs | size (KiB) | FP size (KiB) | PTQ s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for m in rows:
-        lines.append(f"| {m['model']} | `{m['recipe']}` | {m['fp_top1']:.2f} | {m['q_top1']:.2f} | "
-                     f"{m['fp_top1'] - m['q_top1']:.2f} | {m['rel_bops']:.4f} | {m['size_bytes'] / 1024:.1f} | "
-                     f"{m['fp_size_bytes'] / 1024:.1f} | {m['ptq_seconds']:.1f} |")
+        lines.append(
+            f"| {m['model']} | `{m['recipe']}` | {m['fp_top1']:.2f} | {m['q_top1']:.2f} | "
+            f"{m['fp_top1'] - m['q_top1']:.2f} | {m['rel_bops']:.4f} | {m['size_bytes'] / 1024:.1f} | "
+            f"{m['fp_size_bytes'] / 1024:.1f} | {m['ptq_seconds']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -66,15 +70,20 @@ def main() -> None:
             job = JobConfig(ModelSource(model), calib_size=args.calib_size, limit=args.limit)
             m = run_job(job, resolve_recipe(preset)).metrics
             rows.append(m)
-            print(f"{model} {preset}: {m['fp_top1']:.2f} -> {m['q_top1']:.2f} ({m['ptq_seconds']:.1f} s PTQ)",
-                  flush=True)
+            print(
+                f"{model} {preset}: {m['fp_top1']:.2f} -> {m['q_top1']:.2f} ({m['ptq_seconds']:.1f} s PTQ)", flush=True
+            )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
-           f"{time.perf_counter() - t0:.0f} s in all")
+    env = (
+        f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+        f"{time.perf_counter() - t0:.0f} s in all"
+    )
     cmd = "python benchmarks/ptq.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if v is not None and k not in ("out", "merge"))
+        for k, v in vars(args).items()
+        if v is not None and k not in ("out", "merge")
+    )
     write_json(out / "ptq.json", {"command": cmd, "environment": env, "rows": rows})
     write_text(out / "ptq.md", f"# PTQ results\n\nCommand: `{cmd}`\n\nEnvironment: {env}\n\n{table(rows)}\n")
     print(table(rows))

@@ -8,9 +8,22 @@ import pytest
 from vitcompress.cli import build_parser, main
 
 METHODS = ["ptq", "evolq", "flbq", "gpusq", "mixaq"]
-COMMANDS = [["demo"], ["eval"], ["zoo"], ["zoo", "list"], ["zoo", "train"], ["cost"], ["compress"],
-            *(["compress", m] for m in METHODS), ["allocate"], ["mixaq"], ["mixaq", "sample"], ["mixaq", "eqbits"],
-            ["export"], ["bench"]]
+COMMANDS = [
+    ["demo"],
+    ["eval"],
+    ["zoo"],
+    ["zoo", "list"],
+    ["zoo", "train"],
+    ["cost"],
+    ["compress"],
+    *(["compress", m] for m in METHODS),
+    ["allocate"],
+    ["mixaq"],
+    ["mixaq", "sample"],
+    ["mixaq", "eqbits"],
+    ["export"],
+    ["bench"],
+]
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a))
@@ -60,7 +73,15 @@ def test_model_option_is_the_same_on_every_command(command):
     for word in command:
         sub = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
     options = {o for a in sub._actions for o in a.option_strings}
-    assert {"--model", "--checkpoint", "--num-classes", "--in-chans", "--img-size", "--threads", "--data-root"} <= options
+    assert {
+        "--model",
+        "--checkpoint",
+        "--num-classes",
+        "--in-chans",
+        "--img-size",
+        "--threads",
+        "--data-root",
+    } <= options
     if command[0] == "compress":
         assert {"--out", "--seed", "--calib-size", "--limit", "--resume"} <= options
 
@@ -72,8 +93,10 @@ def test_zoo_list_json(capsys):
 
 
 def test_import_is_quick_and_lazy():
-    code = "import time, sys; t = time.perf_counter(); import vitcompress; " \
-           "print(time.perf_counter() - t, 'torch' in sys.modules)"
+    code = (
+        "import time, sys; t = time.perf_counter(); import vitcompress; "
+        "print(time.perf_counter() - t, 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[1] == "False"  # no torch, no data at import
     assert float(out[0]) < 1.0  # seconds; generous: it imports nothing heavy

@@ -7,12 +7,19 @@ from vitcompress.config import PRESETS, QuantSpec, Recipe, get_preset, resolve_r
 from vitcompress.errors import ConfigError
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"bits": 9}, "bits"), ({"bits": 1}, "bits"), ({"scheme": "nf4"}, "scheme"),
-    ({"granularity": "row"}, "granularity"), ({"observer": "kl"}, "observer"),
-    ({"granularity": "group"}, "group_size"), ({"group_size": 8}, "group_size"),
-    ({"percentile": 40.0}, "percentile"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"bits": 9}, "bits"),
+        ({"bits": 1}, "bits"),
+        ({"scheme": "nf4"}, "scheme"),
+        ({"granularity": "row"}, "granularity"),
+        ({"observer": "kl"}, "observer"),
+        ({"granularity": "group"}, "group_size"),
+        ({"group_size": 8}, "group_size"),
+        ({"percentile": 40.0}, "percentile"),
+    ],
+)
 def test_bad_spec_names_field_and_allowed(kwargs, field):
     with pytest.raises(ConfigError, match=field):
         QuantSpec(**kwargs)

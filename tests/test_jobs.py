@@ -20,8 +20,26 @@ ready = pytest.mark.skipif(
     or not all(ZOO[n].checkpoint.is_file() for n in ZOO),
     reason="needs dataset-fashion-mnist and the shipped checkpoints",
 )
-METRIC_KEYS = {"model", "method", "recipe", "seed", "fp_top1", "q_top1", "fp_top5", "q_top5", "eval_images", "macs",
-               "bops", "fp_bops", "rel_bops", "size_bytes", "fp_size_bytes", "calib_size", "seconds", "ptq_seconds"}
+METRIC_KEYS = {
+    "model",
+    "method",
+    "recipe",
+    "seed",
+    "fp_top1",
+    "q_top1",
+    "fp_top5",
+    "q_top5",
+    "eval_images",
+    "macs",
+    "bops",
+    "fp_bops",
+    "rel_bops",
+    "size_bytes",
+    "fp_size_bytes",
+    "calib_size",
+    "seconds",
+    "ptq_seconds",
+}
 
 
 @ready
@@ -49,7 +67,8 @@ def test_run_job_returns_the_metrics_it_writes(tmp_path):
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(written) >= METRIC_KEYS and "layers" in written
     assert {k: v for k, v in written.items() if k not in ("layers", "seconds")} == {
-        k: v for k, v in result.metrics.items() if k != "seconds"}
+        k: v for k, v in result.metrics.items() if k != "seconds"
+    }
     assert result.out == tmp_path / "run" and written["method"] == "ptq" and written["eval_images"] == 256
 
 
@@ -63,13 +82,35 @@ def test_job_config_names_the_bad_field():
 @ready
 def test_compress_cli_writes_complete_outputs(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["compress", "ptq", "--model", "vit-fmnist", "--recipe", "fqvit-w4a8", "--calib-size", "64",
-                 "--limit", "256", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                "ptq",
+                "--model",
+                "vit-fmnist",
+                "--recipe",
+                "fqvit-w4a8",
+                "--calib-size",
+                "64",
+                "--limit",
+                "256",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= METRIC_KEYS
     assert metrics["calib_size"] == 64 and metrics["rel_bops"] < 0.05
-    assert {p.name for p in out.iterdir()} >= {"model", "metrics.json", "report.md", "bits_per_layer.png",
-                                                "sqnr_per_layer.png"}
+    assert {p.name for p in out.iterdir()} >= {
+        "model",
+        "metrics.json",
+        "report.md",
+        "bits_per_layer.png",
+        "sqnr_per_layer.png",
+    }
     assert "| `blocks.0.attn.qkv` | 4 | 8 |" in (out / "report.md").read_text()
     assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporaries
 
@@ -77,8 +118,27 @@ def test_compress_cli_writes_complete_outputs(tmp_path, capsys):
 @ready
 def test_eval_of_saved_model_matches_metrics(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["--threads", "1", "compress", "ptq", "--model", "swin-fmnist", "--recipe", "w8a8", "--calib-size",
-                 "64", "--limit", "256", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--threads",
+                "1",
+                "compress",
+                "ptq",
+                "--model",
+                "swin-fmnist",
+                "--recipe",
+                "w8a8",
+                "--calib-size",
+                "64",
+                "--limit",
+                "256",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     capsys.readouterr()
     assert main(["eval", "--model", str(out), "--limit", "256", "--json"]) == 0

@@ -71,8 +71,31 @@ def test_defaults_round_trip_to_the_dataclass_defaults():
 
 
 def test_every_type_has_its_command_line_form():
-    _, args = _parse(["--budget", "2.5", "--population", "4", "--cost-range", "0.5", "0.9", "--bits", "3", "5",
-                      "--names", "a", "b", "--resume", "--no-fast", "--limit", "7", "--solver", "lg", "--scale", "2"])
+    _, args = _parse(
+        [
+            "--budget",
+            "2.5",
+            "--population",
+            "4",
+            "--cost-range",
+            "0.5",
+            "0.9",
+            "--bits",
+            "3",
+            "5",
+            "--names",
+            "a",
+            "b",
+            "--resume",
+            "--no-fast",
+            "--limit",
+            "7",
+            "--solver",
+            "lg",
+            "--scale",
+            "2",
+        ]
+    )
     cfg = from_args(Outer, args)
     assert cfg.search == Inner(4, (0.5, 0.9)) and cfg.bits == (3, 5) and cfg.names == ("a", "b")
     assert (cfg.resume, cfg.fast, cfg.limit, cfg.solver, cfg.scale) == (True, False, 7, "lg", 4.0)
@@ -113,6 +136,8 @@ def test_suppressed_options_leave_the_namespace_alone():
 
 
 def test_method_command_builds_the_config_from_options_and_shared_values():
-    command = MethodCommand("x", "help", Outer, build=lambda opts, shared: (opts.budget, opts.seed, shared["calib_size"]))
+    command = MethodCommand(
+        "x", "help", Outer, build=lambda opts, shared: (opts.budget, opts.seed, shared["calib_size"])
+    )
     _, args = _parse(["--budget", "4"], skip=("seed",))
     assert command.config(args, {"seed": 3, "calib_size": 10}) == (4.0, 3, 10)

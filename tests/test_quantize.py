@@ -1,12 +1,15 @@
 """``quantize_``, ``save`` and ``restore`` (vitcompress/quantize.py): calibration errors and the saved folder."""
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from vitcompress.config import get_preset
 from vitcompress.errors import CheckpointError, DataError, StateError
+from vitcompress.models import load_model
 from vitcompress.models.zoo import build_zoo_model
 from vitcompress.quantize import quantize_, recipe_of, restore, save
 
@@ -49,3 +52,46 @@ def test_restore_onto_other_architecture_names_mismatch(tmp_path):
     save(model, tmp_path / "m")
     with pytest.raises(CheckpointError, match=r"model.safetensors.*key"):
         restore(tmp_path / "m", model=build_zoo_model("swin-fmnist"))
+
+
+# ---- folders written before the layout change ---------------------------------------------------------
+SAVED = Path(__file__).parent / "fixtures" / "saved_before_issue12"  # written by commit 3d3fc2f (see its README.md)
+
+
+def _saved_input_and_logits():
+    expected = json.loads((SAVED / "expected.json").read_text())
+    x = torch.randn(*expected["input_shape"], generator=torch.Generator().manual_seed(expected["input_seed"]))
+    return x, torch.tensor(expected["logits"])
+
+
+def test_folder_saved_by_the_previous_layout_restores_bit_identically():
+    x, logits = _saved_input_and_logits()
+    model = restore(SAVED)  # rebuilt from source.json: a timm model and its kwargs
+    assert recipe_of(model).name == "fqvit-w4a8"
+    with torch.no_grad():
+        assert torch.equal(model(x), logits)
+
+
+def test_quantize_gives_the_numbers_of_the_previous_layout():
+    # the same seeded model and calibration batch as the saved folder: PTQ reproduces its outputs bit for bit
+    source = json.loads((SAVED / "source.json").read_text())
+    torch.manual_seed(0)
+    model = load_model(source["name"], **source["kwargs"])
+    quantize_(model, get_preset("fqvit-w4a8"), [torch.randn(8, 1, 32, 32, generator=torch.Generator().manual_seed(1))])
+    x, logits = _saved_input_and_logits()
+    with torch.no_grad():
+        assert torch.equal(model(x), logits)
+
+
+@pytest.mark.parametrize("builder", ["os:system", "vitcompress.methods.mixaq.step", "builtins:eval"])
+def test_a_layout_names_only_a_vitcompress_builder(builder, tmp_path):
+    model = build_zoo_model("vit-fmnist").eval()
+    model.vitcompress_source = {"name": "vit-fmnist"}
+    quantize_(model, get_preset("w8a8"), [_input(model, 4)])
+    save(model, tmp_path / "m")
+    assert not (tmp_path / "m" / "layout.json").exists()  # a plain model has no layout
+    (tmp_path / "m" / "layout.json").write_text(json.dumps({"builder": builder}))
+    with pytest.raises(CheckpointError, match="builder must be 'vitcompress.methods.<module>:<function>'"):
+        restore(tmp_path / "m")
+    save(model, tmp_path / "m")  # saving the plain model again removes the stale layout
+    assert not (tmp_path / "m" / "layout.json").exists()

@@ -13,9 +13,16 @@ from vitcompress.methods.registry import method_for
 from vitcompress.result import Result
 
 
-def compress_(model: nn.Module, config: Any, calib: Dataset | DataLoader | Iterable | None, *,
-              train_data: Dataset | None = None, eval_data: Dataset | Iterable | None = None,
-              state_dir: str | Path | None = None, resume: bool = False) -> Result:
+def compress_(
+    model: nn.Module,
+    config: Any,
+    calib: Dataset | DataLoader | Iterable | None,
+    *,
+    train_data: Dataset | None = None,
+    eval_data: Dataset | Iterable | None = None,
+    state_dir: str | Path | None = None,
+    resume: bool = False,
+) -> Result:
     """Compress ``model`` in place with the method ``config`` selects.
 
     Args:
@@ -37,5 +44,6 @@ def compress_(model: nn.Module, config: Any, calib: Dataset | DataLoader | Itera
     """
     method = method_for(config)
     state = Path(state_dir) if state_dir is not None else None
-    return method.handler(model, config, calib, train_data=train_data, eval_data=eval_data, state_dir=state,
-                          resume=resume)
+    return method.handler(
+        model, config, calib, train_data=train_data, eval_data=eval_data, state_dir=state, resume=resume
+    )

@@ -22,8 +22,13 @@ from vitcompress.options import MethodCommand, add_options, from_args, option
 from vitcompress.validate import positive_int
 
 # the modules whose COMMAND is a `compress` sub-command, in the order `--help` lists them
-METHOD_CLI_MODULES = ("vitcompress.methods.ptq", "vitcompress.methods.evolq.cli", "vitcompress.methods.flbq.cli",
-                      "vitcompress.methods.gpusq.cli", "vitcompress.methods.mixaq.cli")
+METHOD_CLI_MODULES = (
+    "vitcompress.methods.ptq",
+    "vitcompress.methods.evolq.cli",
+    "vitcompress.methods.flbq.cli",
+    "vitcompress.methods.gpusq.cli",
+    "vitcompress.methods.mixaq.cli",
+)
 DEMO_PRESETS = ("w8a8", "fqvit", "w6a6", "w4a8", "fqvit-w4a8", "w4a4", "fqvit-w4a4")
 
 
@@ -152,15 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _parser(sub, "demo", "PTQ presets on both reference models, comparison table", _demo, DemoOptions)
     _parser(sub, "eval", "evaluate a model on the test set", _eval, ModelSource, EvalOptions)
-    _parser(sub, "cost", "MACs, BOPs and size of a model (optionally under a recipe)", _cost, ModelSource,
-            CostOptions)
+    _parser(sub, "cost", "MACs, BOPs and size of a model (optionally under a recipe)", _cost, ModelSource, CostOptions)
     zoo = sub.add_parser("zoo", help="reference models: list, train").add_subparsers(
-        dest="zoo_command", required=True, metavar="ACTION")
+        dest="zoo_command", required=True, metavar="ACTION"
+    )
     _parser(zoo, "list", "list the reference models and their manifests", _zoo_list, ZooListOptions)
-    _parser(zoo, "train", "train a reference model with its seeded recipe (resumable)", _zoo_train,
-            ZooTrainOptions)
-    methods = sub.add_parser("compress", help="compress a model with one method; write model, metrics, report",
-                             description="compress a model with one method; write model, metrics, report")
+    _parser(zoo, "train", "train a reference model with its seeded recipe (resumable)", _zoo_train, ZooTrainOptions)
+    methods = sub.add_parser(
+        "compress",
+        help="compress a model with one method; write model, metrics, report",
+        description="compress a model with one method; write model, metrics, report",
+    )
     msub = methods.add_subparsers(dest="method", required=True, metavar="METHOD")
     for name, command in method_commands().items():
         p = _parser(msub, name, command.help, _compress, JobConfig)
@@ -172,10 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     mtools = mixaq.add_subparsers(dest="mixaq_command", required=True, metavar="ACTION")
     add_sample_arguments(_parser(mtools, "sample", "uniform-sum (or naive) ratio vectors", _mixaq_sample))
     add_eqbits_arguments(_parser(mtools, "eqbits", "equivalent activation bits", _mixaq_eqbits))
-    _parser(sub, "export", "export a model to ONNX (INT8 QDQ if quantized, else FP32)", _export, ModelSource,
-            ExportOptions)
-    _parser(sub, "bench", "latency: torch FP32, ONNX Runtime FP32 and INT8, vs BOPs", _bench, ModelSource,
-            BenchOptions)
+    _parser(
+        sub, "export", "export a model to ONNX (INT8 QDQ if quantized, else FP32)", _export, ModelSource, ExportOptions
+    )
+    _parser(sub, "bench", "latency: torch FP32, ONNX Runtime FP32 and INT8, vs BOPs", _bench, ModelSource, BenchOptions)
     return parser
 
 
@@ -187,14 +194,23 @@ def _zoo_list(args: argparse.Namespace, g: GlobalOptions) -> int:
     rows = []
     for name, entry in ZOO.items():
         m = read_manifest(name) if entry.manifest.is_file() else {}
-        rows.append({"name": name, "description": entry.description, "params": m.get("params"),
-                     "macs": m.get("macs"), "test_top1": m.get("test_top1")})
+        rows.append(
+            {
+                "name": name,
+                "description": entry.description,
+                "params": m.get("params"),
+                "macs": m.get("macs"),
+                "test_top1": m.get("test_top1"),
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for r in rows:
-        print(f"{r['name']:<14} top1={r['test_top1']}  params={r['params']}  macs={r['macs']}\n"
-              f"{'':<14} {r['description']}")
+        print(
+            f"{r['name']:<14} top1={r['test_top1']}  params={r['params']}  macs={r['macs']}\n"
+            f"{'':<14} {r['description']}"
+        )
     return 0
 
 
@@ -205,8 +221,9 @@ def _zoo_train(args: argparse.Namespace, g: GlobalOptions) -> int:
     opts = from_args(ZooTrainOptions, args)
     if opts.name not in ZOO:
         raise ConfigError(f"name must be one of {sorted(ZOO)}, got {opts.name!r}")
-    manifest = train_zoo_model(opts.name, opts.state_dir or f"runs/zoo/{opts.name}", g.data_root, opts.out_dir,
-                               resume=opts.resume)
+    manifest = train_zoo_model(
+        opts.name, opts.state_dir or f"runs/zoo/{opts.name}", g.data_root, opts.out_dir, resume=opts.resume
+    )
     print(json.dumps(manifest, indent=2))
     return 0
 
@@ -226,18 +243,24 @@ def _demo(args: argparse.Namespace, g: GlobalOptions) -> int:
             m = run_job(job, recipe).metrics
             rows.append(m)
             if not opts.json:
-                print(f"  {name} / {recipe.name}: {m['q_top1']:.2f} % ({m['q_top1'] - m['fp_top1']:+.2f} pt)",
-                      file=sys.stderr)
+                print(
+                    f"  {name} / {recipe.name}: {m['q_top1']:.2f} % ({m['q_top1'] - m['fp_top1']:+.2f} pt)",
+                    file=sys.stderr,
+                )
     if opts.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"\nPTQ on Fashion-MNIST ({rows[0]['eval_images']} test images, {opts.calib_size} calibration images)")
-    print(f"{'model':<13} {'recipe':<11} {'FP top-1':>8} {'Q top-1':>8} {'drop':>6} {'rel BOPs':>9} "
-          f"{'size (KiB)':>11} {'PTQ s':>6}")
+    print(
+        f"{'model':<13} {'recipe':<11} {'FP top-1':>8} {'Q top-1':>8} {'drop':>6} {'rel BOPs':>9} "
+        f"{'size (KiB)':>11} {'PTQ s':>6}"
+    )
     for m in rows:
-        print(f"{m['model']:<13} {m['recipe']:<11} {m['fp_top1']:>8.2f} {m['q_top1']:>8.2f} "
-              f"{m['fp_top1'] - m['q_top1']:>6.2f} {m['rel_bops']:>9.4f} {m['size_bytes'] / 1024:>11.1f} "
-              f"{m['ptq_seconds']:>6.1f}")
+        print(
+            f"{m['model']:<13} {m['recipe']:<11} {m['fp_top1']:>8.2f} {m['q_top1']:>8.2f} "
+            f"{m['fp_top1'] - m['q_top1']:>6.2f} {m['rel_bops']:>9.4f} {m['size_bytes'] / 1024:>11.1f} "
+            f"{m['ptq_seconds']:>6.1f}"
+        )
     return 0
 
 
@@ -254,8 +277,10 @@ def _eval(args: argparse.Namespace, g: GlobalOptions) -> int:
     if opts.json:
         print(json.dumps({"model": source.model, **m.as_dict()}, indent=2))
     else:
-        print(f"{source.model}: top-1 {m.top1:.2f} %  top-5 {m.top5:.2f} %  loss {m.loss:.4f}  "
-              f"({m.images} images, {m.images_per_s:.0f} images/s)")
+        print(
+            f"{source.model}: top-1 {m.top1:.2f} %  top-5 {m.top5:.2f} %  loss {m.loss:.4f}  "
+            f"({m.images} images, {m.images_per_s:.0f} images/s)"
+        )
     return 0
 
 
@@ -297,9 +322,11 @@ def _compress(args: argparse.Namespace, g: GlobalOptions) -> int:
 
 def summary_line(m: dict, out: str) -> str:
     """The line ``compress`` prints by default: accuracy, BOPs and size before and after."""
-    return (f"{m['model']} / {m['method']} {m['recipe']}: top-1 {m['fp_top1']:.2f} -> {m['q_top1']:.2f} "
-            f"({m['q_top1'] - m['fp_top1']:+.2f} pt), rel. BOPs {m['rel_bops']:.4f}, size {m['fp_size_bytes']:,} -> "
-            f"{m['size_bytes']:,} bytes; outputs in {out}")
+    return (
+        f"{m['model']} / {m['method']} {m['recipe']}: top-1 {m['fp_top1']:.2f} -> {m['q_top1']:.2f} "
+        f"({m['q_top1'] - m['fp_top1']:+.2f} pt), rel. BOPs {m['rel_bops']:.4f}, size {m['fp_size_bytes']:,} -> "
+        f"{m['size_bytes']:,} bytes; outputs in {out}"
+    )
 
 
 def _allocate(args: argparse.Namespace, g: GlobalOptions) -> int:
@@ -336,13 +363,17 @@ def _bench(args: argparse.Namespace, g: GlobalOptions) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv``; errors are one line on stderr and exit status 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--no-progress" in argv:  # tqdm reads TQDM_DISABLE when it is imported (torch imports it): set it first
+        os.environ["TQDM_DISABLE"] = "1"
     args = build_parser().parse_args(argv)
     try:
         g = from_args(GlobalOptions, args)
-        logging.basicConfig(level=logging.DEBUG if g.verbose else logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-        if not g.progress:
-            os.environ["TQDM_DISABLE"] = "1"
+        logging.basicConfig(
+            level=logging.DEBUG if g.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
         if g.threads is not None:
             import torch
 

@@ -60,8 +60,9 @@ class QuantSpec:
         one_of("observer", self.observer, OBSERVERS)
         if self.granularity == "group":
             if not isinstance(self.group_size, int) or self.group_size < 1:
-                raise ConfigError(f"group_size must be a positive integer for granularity 'group', "
-                                  f"got {self.group_size!r}")
+                raise ConfigError(
+                    f"group_size must be a positive integer for granularity 'group', got {self.group_size!r}"
+                )
         elif self.group_size is not None:
             raise ConfigError(f"group_size is only allowed with granularity 'group', got {self.group_size!r}")
         if self.group_bits is not None:
@@ -72,8 +73,10 @@ class QuantSpec:
             gb = tuple(self.group_bits)
             bad = [b for b in gb if isinstance(b, bool) or b not in GROUP_BITS]
             if not gb or bad:
-                raise ConfigError(f"group_bits must be a non-empty list of values in {list(GROUP_BITS)}, "
-                                  f"got {bad[0] if bad else '[]'!r}")
+                raise ConfigError(
+                    f"group_bits must be a non-empty list of values in {list(GROUP_BITS)}, "
+                    f"got {bad[0] if bad else '[]'!r}"
+                )
             object.__setattr__(self, "group_bits", tuple(int(b) for b in gb))
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile!r}")
@@ -224,8 +227,8 @@ class Recipe:
 
 
 # ---- presets -------------------------------------------------------------------------------------
-EDGE_8BIT = (("patch_embed.proj.*", (("bits", 8),)), ("head.*", (("bits", 8),)))
-"""Recipe overrides keeping the first and last layers (patch embedding, head: weight and input) at 8 bit.
+EDGE_8BIT = (("patch_embed.proj.*", (("bits", 8),)), ("head*", (("bits", 8),)))
+"""Recipe overrides keeping the first and last layers (patch embedding, head, a distilled head_dist) at 8 bit.
 
 Every preset uses them, as is common practice (FQ-ViT, PTQ4ViT, RepQ-ViT): these layers hold few
 parameters and dominate the error at low bit widths. Pass as ``Recipe(..., overrides=EDGE_8BIT)``.
@@ -237,16 +240,30 @@ def _minmax_preset(name: str, wb: int, ab: int) -> Recipe:
     """Plain min-max PTQ: per-channel symmetric weights, per-tensor asymmetric activations, uniform
     softmax and LayerNorm inputs: every activation is quantized (q, k, v, probabilities, LN inputs)."""
     act = QuantSpec(ab, "asymmetric")
-    return Recipe(name=name, weight=QuantSpec(wb, "symmetric", "channel"), act=act, qkv=act, probs=act,
-                  norm=act, overrides=EDGE_8BIT)
+    return Recipe(
+        name=name,
+        weight=QuantSpec(wb, "symmetric", "channel"),
+        act=act,
+        qkv=act,
+        probs=act,
+        norm=act,
+        overrides=EDGE_8BIT,
+    )
 
 
 def _fqvit_preset(name: str, wb: int, ab: int) -> Recipe:
     """FQ-ViT style: OMSE activation ranges, PTF LayerNorm inputs, log2 softmax, bias correction."""
     act = QuantSpec(ab, "asymmetric", observer="omse")
-    return Recipe(name=name, weight=QuantSpec(wb, "symmetric", "channel"), act=act, qkv=act,
-                  probs=QuantSpec(ab, "log2"), norm=QuantSpec(ab, "ptf"), overrides=EDGE_8BIT,
-                  bias_correction=True)
+    return Recipe(
+        name=name,
+        weight=QuantSpec(wb, "symmetric", "channel"),
+        act=act,
+        qkv=act,
+        probs=QuantSpec(ab, "log2"),
+        norm=QuantSpec(ab, "ptf"),
+        overrides=EDGE_8BIT,
+        bias_correction=True,
+    )
 
 
 def _presets() -> dict[str, Recipe]:

@@ -116,18 +116,27 @@ def run_job(job: JobConfig, config: Any, baseline: Baseline | None = None) -> Re
     t0 = time.perf_counter()
     method = method_for(config)
     model = job.source.load()
-    data = load_data(job, model, job.calib_size or method.calib_size, method.needs_train_data)
+    if method.check is not None:
+        method.check(model, config)
+    calib_size = job.calib_size or getattr(config, "calib_size", None) or method.calib_size
+    data = load_data(job, model, calib_size, method.needs_train_data)
     base = baseline or baseline_of(model, data)
     float_model = copy.deepcopy(model)
     out = Path(job.out) if job.out is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    result = compress_(model, config, data.calib, train_data=data.train_augmented, eval_data=data.test,
-                       state_dir=out, resume=job.resume)
+    result = compress_(
+        model,
+        config,
+        data.calib,
+        train_data=data.train_augmented,
+        eval_data=data.test,
+        state_dir=out,
+        resume=job.resume,
+    )
     q = evaluate(result.model, data.test)
     q_cost = result.cost if result.cost is not None else cost(result.model)
-    result.metrics = {**common_metrics(job, method.name, result, base, q, q_cost, len(data.calib)),
-                      **result.metrics}
+    result.metrics = {**common_metrics(job, method.name, result, base, q, q_cost, len(data.calib)), **result.metrics}
     result.metrics["seconds"] = time.perf_counter() - t0
     if out is not None:
         write_outputs(out, result, result.reference or float_model, data.calib)
@@ -135,17 +144,31 @@ def run_job(job: JobConfig, config: Any, baseline: Baseline | None = None) -> Re
     return result
 
 
-def common_metrics(job: JobConfig, method: str, result: Result, base: Baseline, q: Metrics, q_cost: Any,
-                   calib_size: int) -> dict[str, Any]:
+def common_metrics(
+    job: JobConfig, method: str, result: Result, base: Baseline, q: Metrics, q_cost: Any, calib_size: int
+) -> dict[str, Any]:
     """The keys every ``metrics.json`` has (the method adds its own)."""
     fp, fp_cost = base.metrics, base.cost
     return {
-        "model": job.source.model, "method": method, "recipe": _recipe_name(result), "seed": job.seed,
-        "fp_top1": fp.top1, "q_top1": q.top1, "fp_top5": fp.top5, "q_top5": q.top5,
-        "fp_loss": fp.loss, "q_loss": q.loss, "eval_images": q.images,
-        "macs": q_cost.macs, "bops": q_cost.bops, "fp_bops": fp_cost.bops, "rel_bops": q_cost.rel_bops,
-        "bops_reduction": fp_cost.bops / max(1, q_cost.bops), "size_bytes": q_cost.size_bytes,
-        "fp_size_bytes": fp_cost.size_bytes, "size_reduction": fp_cost.size_bytes / max(1, q_cost.size_bytes),
+        "model": job.source.model,
+        "method": method,
+        "recipe": _recipe_name(result),
+        "seed": job.seed,
+        "fp_top1": fp.top1,
+        "q_top1": q.top1,
+        "fp_top5": fp.top5,
+        "q_top5": q.top5,
+        "fp_loss": fp.loss,
+        "q_loss": q.loss,
+        "eval_images": q.images,
+        "macs": q_cost.macs,
+        "bops": q_cost.bops,
+        "fp_bops": fp_cost.bops,
+        "rel_bops": q_cost.rel_bops,
+        "bops_reduction": fp_cost.bops / max(1, q_cost.bops),
+        "size_bytes": q_cost.size_bytes,
+        "fp_size_bytes": fp_cost.size_bytes,
+        "size_reduction": fp_cost.size_bytes / max(1, q_cost.size_bytes),
         "calib_size": calib_size,
     }
 
@@ -169,24 +192,36 @@ def write_outputs(out: Path, result: Result, reference: nn.Module, calib: Datase
     if result.layer_report:
         layers = layer_stats(reference, result.model, first_images(calib, REPORT_BATCH))
         charts = _layer_charts(out, layers, f"{m['model']} / {m['recipe']}")
-        m["layers"] = [{k: None if isinstance(v, float) and math.isinf(v) else v for k, v in r.__dict__.items()}
-                       for r in layers]
+        m["layers"] = [
+            {k: None if isinstance(v, float) and math.isinf(v) else v for k, v in r.__dict__.items()} for r in layers
+        ]
     for name, obj in result.files.items():
         obj(out / name) if callable(obj) else write_json(out / name, obj)
         if name.endswith(".png") and name not in charts:
             charts.append(name)
-    write_text(out / "report.md", compression_report(m, layers, charts) + result.report)
+    section = result.report(m) if callable(result.report) else result.report
+    write_text(out / "report.md", compression_report(m, layers, charts) + section)
     write_json(out / "metrics.json", m)
     m.pop("layers", None)
 
 
 def _layer_charts(out: Path, layers: list, title: str) -> list[str]:
     labels = [r.name for r in layers]
-    bar_chart(out / "bits_per_layer.png", labels, {"weight": [r.w_bits for r in layers],
-                                                   "input": [float(r.a_bits) for r in layers]},
-              "bits", f"{title}: bits per layer")
-    bar_chart(out / "sqnr_per_layer.png", labels,
-              {"output SQNR": [min(r.output_sqnr_db, 99.0) for r in layers],
-               "weight SQNR": [min(r.weight_sqnr_db, 99.0) for r in layers]},
-              "dB", f"{title}: SQNR per layer (capped at 99 dB)")
+    bar_chart(
+        out / "bits_per_layer.png",
+        labels,
+        {"weight": [r.w_bits for r in layers], "input": [float(r.a_bits) for r in layers]},
+        "bits",
+        f"{title}: bits per layer",
+    )
+    bar_chart(
+        out / "sqnr_per_layer.png",
+        labels,
+        {
+            "output SQNR": [min(r.output_sqnr_db, 99.0) for r in layers],
+            "weight SQNR": [min(r.weight_sqnr_db, 99.0) for r in layers],
+        },
+        "dB",
+        f"{title}: SQNR per layer (capped at 99 dB)",
+    )
     return ["bits_per_layer.png", "sqnr_per_layer.png"]

@@ -25,12 +25,28 @@ from typing import Any
 _NOTHING = dataclasses.MISSING
 
 
-def option(default: Any = _NOTHING, *, help: str | None = None, flag: str | None = None,  # noqa: A002
-           choices: tuple | None = None, parse: Callable[[str], Any] | None = None, cli_default: Any = _NOTHING,
-           metavar: str | None = None, cli: bool = True, default_factory: Any = _NOTHING) -> Any:
+def option(
+    default: Any = _NOTHING,
+    *,
+    help: str | None = None,
+    flag: str | None = None,  # noqa: A002
+    choices: tuple | None = None,
+    parse: Callable[[str], Any] | None = None,
+    cli_default: Any = _NOTHING,
+    metavar: str | None = None,
+    cli: bool = True,
+    default_factory: Any = _NOTHING,
+) -> Any:
     """A dataclass field with command-line metadata (see the module docstring)."""
-    meta = {"help": help, "flag": flag, "choices": choices, "parse": parse, "cli_default": cli_default,
-            "metavar": metavar, "cli": cli}
+    meta = {
+        "help": help,
+        "flag": flag,
+        "choices": choices,
+        "parse": parse,
+        "cli_default": cli_default,
+        "metavar": metavar,
+        "cli": cli,
+    }
     if default_factory is not _NOTHING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -133,8 +149,12 @@ def _argparse_kwargs(f: dataclasses.Field, tp: Any, helps: dict[str, str]) -> di
     return kw
 
 
-def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
-                skip: tuple[str, ...] = (), suppress: bool = False) -> None:
+def add_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    skip: tuple[str, ...] = (),
+    suppress: bool = False,
+) -> None:
     """Add one option per field of dataclass ``cls`` (nested dataclasses flattened) to ``parser``.
 
     With ``suppress`` an option that is not given leaves the namespace untouched: that is how the global

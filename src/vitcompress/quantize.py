@@ -8,6 +8,7 @@ included) and the recipe, so that restore rebuilds the same modules and gives th
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import time
@@ -35,6 +36,10 @@ RECIPE_ATTR = "vitcompress_recipe"  # set on a quantized model
 SOURCE_ATTR = "vitcompress_source"  # set by load_model: how to rebuild the float model
 WEIGHTS_FILE, RECIPE_FILE, SOURCE_FILE = "model.safetensors", "recipe.json", "source.json"
 SPARSITY_FILE = "sparsity.json"  # N:M sparsity plan (layer -> pattern), when the model is sparse
+# A method whose model has more structure than its recipe rebuilds (MixA-Q's two-branch blocks) sets
+# LAYOUT_ATTR to a JSON-able dict whose "builder" names the function that rebuilds it
+# ("vitcompress.methods.<m>.<module>:<function>", called as fn(prepared_model, layout) before the weights load).
+LAYOUT_ATTR, LAYOUT_FILE = "vitcompress_layout", "layout.json"
 
 
 def recipe_of(model: nn.Module) -> Recipe:
@@ -87,8 +92,9 @@ def calibrate_activations(model: nn.Module, calib: Dataset | DataLoader | Iterab
     return seen
 
 
-def quantize_(model: nn.Module, recipe: Recipe, calib: Dataset | DataLoader | Iterable | None,
-              batch_size: int = 64) -> nn.Module:
+def quantize_(
+    model: nn.Module, recipe: Recipe, calib: Dataset | DataLoader | Iterable | None, batch_size: int = 64
+) -> nn.Module:
     """Quantize ``model`` in place following ``recipe`` (post-training quantization).
 
     Args:
@@ -104,8 +110,9 @@ def quantize_(model: nn.Module, recipe: Recipe, calib: Dataset | DataLoader | It
     t0 = time.perf_counter()
     prepare(model, recipe)
     _calibrate_weights(model)
-    needs_data = any(point_role(n, q) != "weight" and q.spec.enabled and not q.is_calibrated
-                     for n, q in quantization_points(model))
+    needs_data = any(
+        point_role(n, q) != "weight" and q.spec.enabled and not q.is_calibrated for n, q in quantization_points(model)
+    )
     seen = 0
     if needs_data:
         if calib is None:
@@ -116,8 +123,7 @@ def quantize_(model: nn.Module, recipe: Recipe, calib: Dataset | DataLoader | It
             if isinstance(m, (QuantLinear, QuantConv2d)):
                 m.bias_correction = True
     setattr(model, RECIPE_ATTR, recipe)
-    log.info("quantized with recipe %r on %d calibration images in %.1f s", recipe.name, seen,
-             time.perf_counter() - t0)
+    log.info("quantized with recipe %r on %d calibration images in %.1f s", recipe.name, seen, time.perf_counter() - t0)
     return model.eval()
 
 
@@ -140,8 +146,34 @@ def save(model: nn.Module, path: str | Path) -> Path:
         write_json(path / SPARSITY_FILE, {"type": "vitcompress.Sparsity", "version": 1, "layers": plan})
     elif (path / SPARSITY_FILE).exists():
         (path / SPARSITY_FILE).unlink()  # a dense model saved over a sparse one must not come back sparse
+    layout = getattr(model, LAYOUT_ATTR, None)
+    if layout is not None:
+        write_json(path / LAYOUT_FILE, layout)
+    elif (path / LAYOUT_FILE).exists():
+        (path / LAYOUT_FILE).unlink()  # a plain model saved over a MixA-Q one must not come back two-branch
     save_weights(model, path / WEIGHTS_FILE, metadata={"format": "vitcompress", "recipe": recipe.name})
     return path
+
+
+def _rebuild_layout(model: nn.Module, path: Path) -> None:
+    """Apply a saved ``layout.json`` to a prepared model (see ``LAYOUT_ATTR``); only vitcompress's own
+    builders are imported, never a name from elsewhere."""
+    layout = json.loads(path.read_text())
+    builder = layout.get("builder", "") if isinstance(layout, dict) else ""
+    module, _, function = str(builder).partition(":")
+    if not module.startswith("vitcompress.methods.") or not function.isidentifier():
+        raise CheckpointError(f"{path}: builder must be 'vitcompress.methods.<module>:<function>', got {builder!r}")
+    getattr(importlib.import_module(module), function)(model, layout)
+    setattr(model, LAYOUT_ATTR, layout)
+
+
+def _float_model(path: Path) -> nn.Module:
+    """The float architecture a saved folder's ``source.json`` names (random weights: they get overwritten)."""
+    if not (path / SOURCE_FILE).is_file():
+        raise CheckpointError(f"{path} has no {SOURCE_FILE}: pass the float model to restore(path, model)")
+    from vitcompress.models.registry import model_from_source
+
+    return model_from_source(json.loads((path / SOURCE_FILE).read_text()), weights=False)
 
 
 def restore(path: str | Path, model: nn.Module | None = None) -> nn.Module:
@@ -160,13 +192,10 @@ def restore(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         if not (path / name).is_file():
             raise CheckpointError(f"{path} is not a saved vitcompress model: {name} is missing")
     recipe = Recipe.from_dict(json.loads((path / RECIPE_FILE).read_text()))
-    if model is None:
-        if not (path / SOURCE_FILE).is_file():
-            raise CheckpointError(f"{path} has no {SOURCE_FILE}: pass the float model to restore(path, model)")
-        from vitcompress.models.registry import model_from_source
-
-        model = model_from_source(json.loads((path / SOURCE_FILE).read_text()), weights=False)
+    model = _float_model(path) if model is None else model
     prepare(model, recipe)
+    if (path / LAYOUT_FILE).is_file():
+        _rebuild_layout(model, path / LAYOUT_FILE)
     load_weights(model, path / WEIGHTS_FILE)
     if (path / SPARSITY_FILE).is_file():
         saved = json.loads((path / SPARSITY_FILE).read_text())

@@ -30,7 +30,8 @@ class Result:
         cost: a cost report, where :func:`vitcompress.cost.cost` does not describe the model (MixA-Q's
             two-branch blocks); None = measure it.
         files: extra outputs of a job, file name -> JSON-able object or writer function.
-        report: the method's section of ``report.md`` (markdown).
+        report: the method's section of ``report.md`` (markdown), or a function of the job's full metrics
+            that returns it.
         save_model: whether ``model/`` is written (a model :func:`vitcompress.restore` can rebuild).
         layer_report: whether the per-layer table and charts apply to this model.
         out: the output folder of a job (None from ``compress_``).
@@ -44,7 +45,7 @@ class Result:
     reference: nn.Module | None = None
     cost: Any = None
     files: dict[str, OutputFile] = field(default_factory=dict)
-    report: str = ""
+    report: str | Callable[[dict[str, Any]], str] = ""
     save_model: bool = True
     layer_report: bool = True
     out: Path | None = None

@@ -24,14 +24,18 @@ def one_of(field: str, value: Any, allowed: Iterable[Any]) -> None:
         raise ConfigError(f"{field} must be one of {allowed}, got {value!r}")
 
 
-def integer(field: str, value: Any, minimum: int | None = None, maximum: int | None = None,
-            optional: bool = False) -> None:
+def integer(
+    field: str, value: Any, minimum: int | None = None, maximum: int | None = None, optional: bool = False
+) -> None:
     """``value`` must be an integer in ``[minimum, maximum]`` (``None`` too when ``optional``)."""
     if optional and value is None:
         return
     if not _is_int(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        bounds = " and ".join(s for s in (f">= {minimum}" if minimum is not None else "",
-                                          f"<= {maximum}" if maximum is not None else "") if s)
+        bounds = " and ".join(
+            s
+            for s in (f">= {minimum}" if minimum is not None else "", f"<= {maximum}" if maximum is not None else "")
+            if s
+        )
         raise ConfigError(f"{field} must be an integer{' ' + bounds if bounds else ''}, got {value!r}")
 
 
@@ -40,8 +44,14 @@ def positive_int(field: str, value: Any, optional: bool = False) -> None:
     integer(field, value, minimum=1, optional=optional)
 
 
-def number(field: str, value: Any, low: float | None = None, high: float | None = None,
-           low_open: bool = False, optional: bool = False) -> None:
+def number(
+    field: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    optional: bool = False,
+) -> None:
     """``value`` must be a finite number in ``[low, high]`` (``(low, high]`` when ``low_open``)."""
     if optional and value is None:
         return

@@ -10,8 +10,9 @@ from vitcompress.data.datasets import dataset_targets, fit_to_model
 from vitcompress.data.idx import read_idx
 from vitcompress.errors import DataError
 
-needs_fmnist = pytest.mark.skipif(not (DEFAULT_FMNIST_ROOT / "t10k-labels-idx1-ubyte.gz").is_file(),
-                                  reason="dataset-fashion-mnist not installed")
+needs_fmnist = pytest.mark.skipif(
+    not (DEFAULT_FMNIST_ROOT / "t10k-labels-idx1-ubyte.gz").is_file(), reason="dataset-fashion-mnist not installed"
+)
 
 
 def _write_idx(path: Path, array: np.ndarray, code: int = 0x08) -> None:

@@ -37,14 +37,23 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny_vit() -> VisionTransformer:
     torch.manual_seed(0)
-    return VisionTransformer(img_size=32, patch_size=8, in_chans=3, num_classes=10, embed_dim=64, depth=2,
-                             num_heads=2).eval()
+    return VisionTransformer(
+        img_size=32, patch_size=8, in_chans=3, num_classes=10, embed_dim=64, depth=2, num_heads=2
+    ).eval()
 
 
 def tiny_swin() -> SwinTransformer:
     torch.manual_seed(0)
-    return SwinTransformer(img_size=32, patch_size=2, in_chans=3, num_classes=10, embed_dim=16, depths=(2, 2),
-                           num_heads=(1, 2), window_size=4).eval()
+    return SwinTransformer(
+        img_size=32,
+        patch_size=2,
+        in_chans=3,
+        num_classes=10,
+        embed_dim=16,
+        depths=(2, 2),
+        num_heads=(1, 2),
+        window_size=4,
+    ).eval()
 
 
 def calib() -> list[torch.Tensor]:
@@ -177,8 +186,9 @@ def test_fp32_export_of_a_quantized_model_is_the_float_model(tmp_path):
     export_onnx(model, tmp_path / "f.onnx", precision="fp32")
     x = inputs(4)
     with torch.no_grad():
-        assert torch.allclose(OrtModule(ort_session(tmp_path / "f.onnx", threads=1))(x), float_model(x),
-                              rtol=1e-4, atol=1e-4)
+        assert torch.allclose(
+            OrtModule(ort_session(tmp_path / "f.onnx", threads=1))(x), float_model(x), rtol=1e-4, atol=1e-4
+        )
 
 
 def test_bias_correction_exports_as_scale_and_rank_one_offset():
@@ -248,8 +258,23 @@ def test_cli_export_and_bench(tmp_path, capsys):
     from vitcompress.cli import main
 
     out = tmp_path / "m.onnx"
-    assert main(["export", "--model", "timm:vit_tiny_patch16_224", "--img-size", "32", "--num-classes", "10",
-                 "--out", str(out), "--json"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                "timm:vit_tiny_patch16_224",
+                "--img-size",
+                "32",
+                "--num-classes",
+                "10",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     d = json.loads(capsys.readouterr().out)
     assert d["precision"] == "fp32" and out.is_file()
     assert main(["export", "--model", "vit-fmnist", "--out", str(tmp_path / "no" / "m.onnx")]) == 2
@@ -261,8 +286,9 @@ def test_cli_export_and_bench(tmp_path, capsys):
 def test_bench_reports_three_engines_and_bops(tmp_path):
     from vitcompress.export import benchmark_deploy, format_bench
 
-    r = benchmark_deploy(quantized(tiny_vit, get_preset("w8a8")), batches=(2,), threads=1, warmup=1, repeats=3,
-                         rounds=1)
+    r = benchmark_deploy(
+        quantized(tiny_vit, get_preset("w8a8")), batches=(2,), threads=1, warmup=1, repeats=3, rounds=1
+    )
     assert {t["engine"] for t in r["timings"]} == {"torch-fp32", "ort-fp32", "ort-int8"}
     for t in r["timings"]:
         assert t["runs"] == 3 and t["min_s"] <= t["median_s"] <= t["p90_s"] <= t["max_s"]
@@ -277,7 +303,8 @@ def _zoo_ready() -> bool:
     from vitcompress.models.zoo import ZOO
 
     return (DEFAULT_FMNIST_ROOT / "t10k-labels-idx1-ubyte.gz").is_file() and all(
-        ZOO[n].checkpoint.is_file() for n in ZOO)
+        ZOO[n].checkpoint.is_file() for n in ZOO
+    )
 
 
 zoo_ready = pytest.mark.skipif(not _zoo_ready(), reason="needs dataset-fashion-mnist and the shipped checkpoints")
@@ -297,8 +324,11 @@ def _int8_vs_fakequant_top1(name: str, images: int, tmp_path) -> tuple[float, fl
     with torch.no_grad():
         for x, y in make_loader(data, 250):
             fq, q8 = model(x).argmax(1), ort(x).argmax(1)
-            hits_fq, hits_ort, agree = hits_fq + int((fq == y).sum()), hits_ort + int((q8 == y).sum()), \
-                agree + int((fq == q8).sum())
+            hits_fq, hits_ort, agree = (
+                hits_fq + int((fq == y).sum()),
+                hits_ort + int((q8 == y).sum()),
+                agree + int((fq == q8).sum()),
+            )
     return 100.0 * hits_fq / images, 100.0 * hits_ort / images, 100.0 * agree / images
 
 

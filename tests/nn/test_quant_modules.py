@@ -64,10 +64,19 @@ def test_point_names_cover_every_quantized_op():
     model = build_zoo_model("swin-fmnist")
     prepare(model, get_preset("w8a8"))
     names = {n for n, _ in quantization_points(model)}
-    for expected in ("patch_embed.proj.weight", "patch_embed.proj.input", "layers.0.blocks.1.attn.q",
-                     "layers.0.blocks.1.attn.k", "layers.0.blocks.1.attn.v", "layers.0.blocks.1.attn.probs",
-                     "layers.0.blocks.1.attn.qkv.weight", "layers.0.blocks.1.mlp.fc2.input",
-                     "layers.1.downsample.reduction.weight", "layers.0.blocks.0.norm1.input", "head.fc.weight"):
+    for expected in (
+        "patch_embed.proj.weight",
+        "patch_embed.proj.input",
+        "layers.0.blocks.1.attn.q",
+        "layers.0.blocks.1.attn.k",
+        "layers.0.blocks.1.attn.v",
+        "layers.0.blocks.1.attn.probs",
+        "layers.0.blocks.1.attn.qkv.weight",
+        "layers.0.blocks.1.mlp.fc2.input",
+        "layers.1.downsample.reduction.weight",
+        "layers.0.blocks.0.norm1.input",
+        "head.fc.weight",
+    ):
         assert expected in names
 
 

@@ -29,8 +29,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _mse(x, lo, hi, bits, symmetric=False):
     """Mean squared quantization error of ``x`` for the range [lo, hi] (float64)."""
     x = x.double()
-    scale, zero, qmin, qmax = qparams_from_range(torch.as_tensor(lo).double(), torch.as_tensor(hi).double(), bits,
-                                                 symmetric)
+    scale, zero, qmin, qmax = qparams_from_range(
+        torch.as_tensor(lo).double(), torch.as_tensor(hi).double(), bits, symmetric
+    )
     return (fake_quant(x, scale, zero, qmin, qmax) - x).pow(2).mean().item()
 
 
@@ -70,8 +71,12 @@ def test_percentile_matches_torch_quantile():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.floats(-100, 100, allow_nan=False, width=32), min_size=2, max_size=300),
-       st.sampled_from([2, 3, 4, 8]), st.booleans(), st.sampled_from(["omse", "mse"]))
+@given(
+    st.lists(st.floats(-100, 100, allow_nan=False, width=32), min_size=2, max_size=300),
+    st.sampled_from([2, 3, 4, 8]),
+    st.booleans(),
+    st.sampled_from(["omse", "mse"]),
+)
 def test_search_never_worse_than_minmax(values, bits, symmetric, observer):
     x = torch.tensor(values, dtype=torch.float64)
     lo, hi = search_range(x[None], bits, symmetric, observer)

@@ -44,10 +44,10 @@ def _shaped(t, x, axis=0, repeat=1):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 2**31 - 1), BITS, SCHEME, OBSERVER, st.sampled_from(["tensor", "channel", "group"]),
-       st.booleans())
-def test_forward_equals_functional_reference_and_is_idempotent(seed, bits, scheme, observer, granularity,
-                                                               learnable):
+@given(
+    st.integers(0, 2**31 - 1), BITS, SCHEME, OBSERVER, st.sampled_from(["tensor", "channel", "group"]), st.booleans()
+)
+def test_forward_equals_functional_reference_and_is_idempotent(seed, bits, scheme, observer, granularity, learnable):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(8, 12, generator=g) * torch.rand(8, 1, generator=g) * 10
     group_size = 2 if granularity == "group" else None
@@ -69,8 +69,7 @@ def test_forward_equals_functional_reference_and_is_idempotent(seed, bits, schem
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.floats(-100, 100, allow_nan=False, width=32), min_size=1, max_size=64), st.integers(2, 8),
-       SCHEME)
+@given(st.lists(st.floats(-100, 100, allow_nan=False, width=32), min_size=1, max_size=64), st.integers(2, 8), SCHEME)
 def test_any_data_idempotent_and_on_grid(values, bits, scheme):
     # arbitrary calibration data, degenerate included (one value, constants, all zeros): default min-max
     x = torch.tensor(values)
@@ -104,9 +103,9 @@ def test_group_scales_and_bits_are_honoured(group_bits, scheme):
     q.compute_qparams()
     y = q(w)
     for group, bits in enumerate(group_bits):
-        rows = y[2 * group: 2 * group + 2]
+        rows = y[2 * group : 2 * group + 2]
         assert rows.unique().numel() <= 2**bits  # one shared grid of 2^b values per group
-        ref = calibrated(QuantSpec(bits, scheme, "channel"), w[2 * group: 2 * group + 2].reshape(1, -1), 0, 1)
+        ref = calibrated(QuantSpec(bits, scheme, "channel"), w[2 * group : 2 * group + 2].reshape(1, -1), 0, 1)
         assert torch.equal(q.scale[group], ref.scale[0])  # the group's scale is that of its own bits and data
     assert q.bits_per_channel(8).tolist() == [float(b) for b in group_bits for _ in range(2)]
     assert q.qparam_count() == 4 * (1 if scheme == "symmetric" else 2)
@@ -134,9 +133,17 @@ def test_group_bits_validation_and_recompute():
         q(w)
 
 
-@pytest.mark.parametrize("spec,n", [(QuantSpec(8), None), (QuantSpec(4, "symmetric", "channel"), 6),
-                                    (QuantSpec(4, "asymmetric", "token"), None), (QuantSpec(4, "log2"), None),
-                                    (QuantSpec(8, "ptf"), 6), (QuantSpec(32), None)])
+@pytest.mark.parametrize(
+    "spec,n",
+    [
+        (QuantSpec(8), None),
+        (QuantSpec(4, "symmetric", "channel"), 6),
+        (QuantSpec(4, "asymmetric", "token"), None),
+        (QuantSpec(4, "log2"), None),
+        (QuantSpec(8, "ptf"), 6),
+        (QuantSpec(32), None),
+    ],
+)
 def test_disabled_returns_same_object_and_calibrating_passes_through(spec, n):
     x = torch.rand(5, 6)
     q = make_quantizer(spec, "x", -1, n)
@@ -165,11 +172,15 @@ def test_make_quantizer_types():
         make_quantizer(QuantSpec(8, "symmetric", "channel"), "w")
 
 
-SPECS = [(QuantSpec(6, "asymmetric", observer="omse"), None, 0), (QuantSpec(4, "ptf"), 24, -1),
-         (QuantSpec(3, "symmetric", "channel", observer="mse"), 64, 0),
-         (QuantSpec(4, "asymmetric", "group", group_size=8, observer="percentile"), 64, 0),
-         (QuantSpec(4, "symmetric", "channel", learnable=True), 24, -1), (QuantSpec(5, "log2"), None, 0),
-         (QuantSpec(8, "symmetric", "token"), None, 0)]
+SPECS = [
+    (QuantSpec(6, "asymmetric", observer="omse"), None, 0),
+    (QuantSpec(4, "ptf"), 24, -1),
+    (QuantSpec(3, "symmetric", "channel", observer="mse"), 64, 0),
+    (QuantSpec(4, "asymmetric", "group", group_size=8, observer="percentile"), 64, 0),
+    (QuantSpec(4, "symmetric", "channel", learnable=True), 24, -1),
+    (QuantSpec(5, "log2"), None, 0),
+    (QuantSpec(8, "symmetric", "token"), None, 0),
+]
 
 
 @pytest.mark.parametrize("spec,n,axis", SPECS)
@@ -207,9 +218,13 @@ def test_errors_name_the_quantizer():
         q(torch.randn(3))  # not calibrated
     with pytest.raises(DataError, match=f"{name}.*no data"):
         q.compute_qparams()
-    for spec, n in ((QuantSpec(8), None), (QuantSpec(8, "symmetric", "channel"), 3),
-                    (QuantSpec(8, "asymmetric", "token"), None), (QuantSpec(8, "log2"), None),
-                    (QuantSpec(8, "ptf"), 3)):
+    for spec, n in (
+        (QuantSpec(8), None),
+        (QuantSpec(8, "symmetric", "channel"), 3),
+        (QuantSpec(8, "asymmetric", "token"), None),
+        (QuantSpec(8, "log2"), None),
+        (QuantSpec(8, "ptf"), 3),
+    ):
         q = make_quantizer(spec, name, -1, n)
         with pytest.raises(DataError, match=f"{name}.*NaN"):
             q.observe(torch.tensor([[1.0, float("nan"), 0.5]]))

@@ -83,8 +83,9 @@ def test_storage_bits_match_the_seed_per_chunk():
 def test_sparsify_default_layers_and_forward_keeps_pattern():
     model = tiny_vit()
     plan = sparsify_(model, "2:4")
-    assert set(plan) == {"patch_embed.proj"} | {f"blocks.{i}.{l}" for i in range(2)
-                                               for l in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
+    assert set(plan) == {"patch_embed.proj"} | {
+        f"blocks.{i}.{l}" for i in range(2) for l in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+    }
     assert all(check_sparsity(model).values())
     assert model.head.weight.count_nonzero() == model.head.weight.numel()  # the head stays dense
     # an optimizer step that moves every weight: the pre-hook re-applies the mask before the next forward

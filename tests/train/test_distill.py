@@ -16,23 +16,49 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny_vit(depth=3, **kw):
     torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
-                             depth=depth, num_heads=2, num_classes=10, **kw)
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=depth,
+        num_heads=2,
+        num_classes=10,
+        **kw,
+    )
 
 
 def tiny_swin():
     torch.manual_seed(0)
-    return timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=32, patch_size=2,
-                             in_chans=1, embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4,
-                             num_classes=10)
+    return timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=2,
+        in_chans=1,
+        embed_dim=16,
+        depths=(1, 1),
+        num_heads=(1, 2),
+        window_size=4,
+        num_classes=10,
+    )
 
 
 def test_feature_points_vit_and_swin():
-    assert feature_points(tiny_vit(depth=6), 3) == [("patch", "patch_embed"), ("stage1", "blocks.1"),
-                                                     ("stage2", "blocks.3"), ("stage3", "blocks.5"),
-                                                     ("final", "norm")]
-    assert feature_points(tiny_swin()) == [("patch", "patch_embed"), ("stage1", "layers.0.blocks.0"),
-                                           ("stage2", "layers.1.blocks.0"), ("final", "norm")]
+    assert feature_points(tiny_vit(depth=6), 3) == [
+        ("patch", "patch_embed"),
+        ("stage1", "blocks.1"),
+        ("stage2", "blocks.3"),
+        ("stage3", "blocks.5"),
+        ("final", "norm"),
+    ]
+    assert feature_points(tiny_swin()) == [
+        ("patch", "patch_embed"),
+        ("stage1", "layers.0.blocks.0"),
+        ("stage2", "layers.1.blocks.0"),
+        ("final", "norm"),
+    ]
 
 
 def test_loss_equals_the_formula_and_switches_drop_terms():
@@ -94,8 +120,16 @@ def test_weight_factors_sum_to_one_and_follow_the_feature_errors():
 def test_architecture_mismatch_names_the_feature():
     with pytest.raises(ConfigError, match="mismatch at feature 'stage1': teacher blocks.1 vs student blocks.0"):
         DistillLoss(tiny_vit(depth=6), tiny_vit(depth=3), DistillConfig())
-    wide = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=64,
-                             depth=3, num_heads=2, num_classes=10)
+    wide = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        embed_dim=64,
+        depth=3,
+        num_heads=2,
+        num_classes=10,
+    )
     student = tiny_vit()
     loss_fn = DistillLoss(wide, student, DistillConfig())
     with pytest.raises(ConfigError, match=r"feature 'patch' \(patch_embed\): teacher shape \(2, 16, 64\)"):

@@ -22,8 +22,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny_vit(drop_path=0.0):
     torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
-                             depth=2, num_heads=2, num_classes=10, drop_path_rate=drop_path)
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=10,
+        drop_path_rate=drop_path,
+    )
 
 
 def data(n=48):

@@ -125,7 +125,7 @@ def _totals(model: nn.Module, layers: list[LayerCost], size: int) -> CostReport:
     every = sum(t.numel() for t in stored.values())
     # the weights of the linear/conv rows are in their size_bits; everything else is stored at 32 bit
     row_weights: dict[int, int] = {}  # weight id -> its row's size_bits; a weight shared by two modules
-    for r in layers:                  # (MixA-Q's two branches) is stored, and counted, once
+    for r in layers:  # (MixA-Q's two branches) is stored, and counted, once
         if r.kind != "matmul":
             row_weights.setdefault(id(model.get_submodule(r.name).weight), r.size_bits)
     other = every - sum(stored[i].numel() for i in row_weights if i in stored)

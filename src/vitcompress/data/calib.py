@@ -40,8 +40,9 @@ def iter_images(calib: CalibData, batch_size: int = 64) -> Iterator[torch.Tensor
         raise DataError("calibration data is empty: pass at least one image")
 
 
-def first_batches(calib: CalibData, n: int | None = None, batch_size: int = 64, what: str = "n_images") -> list[
-        torch.Tensor]:
+def first_batches(
+    calib: CalibData, n: int | None = None, batch_size: int = 64, what: str = "n_images"
+) -> list[torch.Tensor]:
     """The first ``n`` images of ``calib`` (all of them when ``n`` is None) as a list of batches.
 
     A Dataset is batched by ``batch_size``; a loader or iterable keeps its own batches (the last one

@@ -92,8 +92,9 @@ class FashionMNIST(Dataset):
         self.images = torch.from_numpy(read_idx(images).copy())  # (N, 28, 28) uint8
         self.targets = torch.from_numpy(read_idx(labels).astype(np.int64))
         if self.images.dim() != 3 or len(self.images) != len(self.targets):
-            raise DataError(f"{images} and {labels} disagree: {tuple(self.images.shape)} images, "
-                            f"{len(self.targets)} labels")
+            raise DataError(
+                f"{images} and {labels} disagree: {tuple(self.images.shape)} images, {len(self.targets)} labels"
+            )
         self.spec, self.augment = spec, augment
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -122,10 +123,12 @@ def _imagefolder(root: Path, spec: InputSpec) -> Dataset:
 
     if not root.is_dir():
         raise DataError(f"ImageFolder root {root} is not a directory")
-    to_tensor = transforms.Compose([
-        transforms.PILToTensor(),
-        transforms.Lambda(lambda t: fit_to_model(t.float().div(255.0), spec)),
-    ])
+    to_tensor = transforms.Compose(
+        [
+            transforms.PILToTensor(),
+            transforms.Lambda(lambda t: fit_to_model(t.float().div(255.0), spec)),
+        ]
+    )
     return datasets.ImageFolder(str(root), transform=to_tensor)
 
 
@@ -196,9 +199,11 @@ def calibration_subset(dataset: Dataset, n: int, seed: int = 0, balanced: bool =
     return Subset(dataset, sorted(chosen))
 
 
-def make_loader(dataset: Dataset, batch_size: int = 256, shuffle: bool = False, seed: int = 0,
-                collate_fn: Callable | None = None) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int = 256, shuffle: bool = False, seed: int = 0, collate_fn: Callable | None = None
+) -> DataLoader:
     """A deterministic single-process DataLoader (the data is in memory; workers only cost here)."""
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=0,
-                      collate_fn=collate_fn)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=0, collate_fn=collate_fn
+    )

@@ -42,13 +42,16 @@ def check_input(model: nn.Module, x: torch.Tensor) -> None:
     expected_hw = tuple(pe.img_size) if isinstance(pe.img_size, (tuple, list)) else (pe.img_size,) * 2
     got = tuple(x.shape[1:])
     if x.dim() != 4 or got[0] != expected_c or (getattr(pe, "strict_img_size", True) and got[1:] != expected_hw):
-        raise DataError(f"input does not fit the model: expected (N, {expected_c}, {expected_hw[0]}, "
-                        f"{expected_hw[1]}), got {tuple(x.shape)}")
+        raise DataError(
+            f"input does not fit the model: expected (N, {expected_c}, {expected_hw[0]}, "
+            f"{expected_hw[1]}), got {tuple(x.shape)}"
+        )
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset | DataLoader | Iterable, batch_size: int = 256,
-             limit: int | None = None) -> Metrics:
+def evaluate(
+    model: nn.Module, data: Dataset | DataLoader | Iterable, batch_size: int = 256, limit: int | None = None
+) -> Metrics:
     """Evaluate ``model`` (put in eval mode) on ``data``; deterministic for a given model and data.
 
     Args:
@@ -79,5 +82,10 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader | Iterable, batch_size
         seen += len(y)
     if seen == 0:
         raise DataError("evaluation data is empty")
-    return Metrics(top1=100.0 * correct1 / seen, top5=100.0 * correct5 / seen, loss=loss_sum / seen,
-                   images=seen, images_per_s=seen / max(seconds, 1e-9))
+    return Metrics(
+        top1=100.0 * correct1 / seen,
+        top5=100.0 * correct5 / seen,
+        loss=loss_sum / seen,
+        images=seen,
+        images_per_s=seen / max(seconds, 1e-9),
+    )

@@ -68,8 +68,13 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 @torch.no_grad()
-def time_engines(engines: dict[str, Callable[[torch.Tensor], object]], x: torch.Tensor, warmup: int = 5,
-                 repeats: int = 30, rounds: int = 3) -> list[Timing]:
+def time_engines(
+    engines: dict[str, Callable[[torch.Tensor], object]],
+    x: torch.Tensor,
+    warmup: int = 5,
+    repeats: int = 30,
+    rounds: int = 3,
+) -> list[Timing]:
     """Time each engine on batch ``x``: ``warmup`` runs each, then ``repeats`` runs in alternating rounds."""
     if warmup < 0 or repeats < 1 or rounds < 1:
         raise ConfigError(f"warmup must be >= 0, repeats and rounds >= 1; got {warmup}, {repeats}, {rounds}")
@@ -103,9 +108,17 @@ def _speedups(timings: list[Timing]) -> dict[str, float]:
     return out
 
 
-def benchmark_deploy(model: nn.Module, batches: tuple[int, ...] = (1, 8), threads: int | None = 1,
-                     warmup: int = 5, repeats: int = 30, rounds: int = 3, opt_level: str = "all",
-                     policy: str = "promote", work_dir: str | Path | None = None) -> dict:
+def benchmark_deploy(
+    model: nn.Module,
+    batches: tuple[int, ...] = (1, 8),
+    threads: int | None = 1,
+    warmup: int = 5,
+    repeats: int = 30,
+    rounds: int = 3,
+    opt_level: str = "all",
+    policy: str = "promote",
+    work_dir: str | Path | None = None,
+) -> dict:
     """Export a quantized ``model`` as FP32 and INT8 ONNX, time the three engines, compare with BOPs.
 
     Args:
@@ -134,9 +147,11 @@ def benchmark_deploy(model: nn.Module, batches: tuple[int, ...] = (1, 8), thread
         export_onnx(model, fp32_path, precision="fp32")
         int8 = export_onnx(model, int8_path, precision="int8", policy=policy)
         float_model = _float_copy(model).eval()
-        engines = {"torch-fp32": float_model,
-                   "ort-fp32": OrtModule(ort_session(fp32_path, threads, opt_level)),
-                   "ort-int8": OrtModule(ort_session(int8_path, threads, opt_level))}
+        engines = {
+            "torch-fp32": float_model,
+            "ort-fp32": OrtModule(ort_session(fp32_path, threads, opt_level)),
+            "ort-int8": OrtModule(ort_session(int8_path, threads, opt_level)),
+        }
         timings: list[Timing] = []
         agreement = {}
         gen = torch.Generator().manual_seed(0)
@@ -145,36 +160,57 @@ def benchmark_deploy(model: nn.Module, batches: tuple[int, ...] = (1, 8), thread
             timings += time_engines(engines, x, warmup, repeats, rounds)
             with torch.no_grad():
                 ref, got = model(x), engines["ort-int8"](x)
-            agreement[f"b{b}"] = {"max_abs": float((ref - got).abs().max()),
-                                  "logit_range": float(ref.max() - ref.min()),
-                                  "top1_agree": float((ref.argmax(1) == got.argmax(1)).float().mean())}
+            agreement[f"b{b}"] = {
+                "max_abs": float((ref - got).abs().max()),
+                "logit_range": float(ref.max() - ref.min()),
+                "top1_agree": float((ref.argmax(1) == got.argmax(1)).float().mean()),
+            }
         kernels = kernel_counts(int8_path, threads, opt_level)
         fp32_kernels = kernel_counts(fp32_path, threads, opt_level)
     c = cost(model)
-    return {"model": type(model).__name__, "threads": threads, "opt_level": opt_level,
-            "warmup": warmup, "repeats": repeats, "rounds": rounds,
-            "timings": [t.to_dict() for t in timings], "speedups": _speedups(timings),
-            "rel_bops": c.rel_bops, "bops_ratio": 1.0 / c.rel_bops, "macs": c.macs,
-            "kernels": {k: v for k, v in kernels.items() if k != "ops"}, "int8_ops": kernels["ops"],
-            "fp32_ops": fp32_kernels["ops"], "agreement": agreement,
-            "export": {"points": len(int8.points), "changed": [p.to_dict() for p in int8.changed_points]}}
+    return {
+        "model": type(model).__name__,
+        "threads": threads,
+        "opt_level": opt_level,
+        "warmup": warmup,
+        "repeats": repeats,
+        "rounds": rounds,
+        "timings": [t.to_dict() for t in timings],
+        "speedups": _speedups(timings),
+        "rel_bops": c.rel_bops,
+        "bops_ratio": 1.0 / c.rel_bops,
+        "macs": c.macs,
+        "kernels": {k: v for k, v in kernels.items() if k != "ops"},
+        "int8_ops": kernels["ops"],
+        "fp32_ops": fp32_kernels["ops"],
+        "agreement": agreement,
+        "export": {"points": len(int8.points), "changed": [p.to_dict() for p in int8.changed_points]},
+    }
 
 
 def format_bench(result: dict) -> str:
     """A plain-text table of :func:`benchmark_deploy`'s result."""
-    lines = [f"{result['model']}: threads={result['threads']}, ORT opt level {result['opt_level']}, "
-             f"{result['repeats']} runs after {result['warmup']} warm-up (ms per batch)",
-             f"{'engine':<11} {'batch':>5} {'min':>8} {'median':>8} {'p90':>8} {'max':>8} {'img/s':>8}"]
+    lines = [
+        f"{result['model']}: threads={result['threads']}, ORT opt level {result['opt_level']}, "
+        f"{result['repeats']} runs after {result['warmup']} warm-up (ms per batch)",
+        f"{'engine':<11} {'batch':>5} {'min':>8} {'median':>8} {'p90':>8} {'max':>8} {'img/s':>8}",
+    ]
     for t in result["timings"]:
-        lines.append(f"{t['engine']:<11} {t['batch']:>5} {t['min_s'] * 1e3:>8.2f} {t['median_s'] * 1e3:>8.2f} "
-                     f"{t['p90_s'] * 1e3:>8.2f} {t['max_s'] * 1e3:>8.2f} {t['throughput']:>8.1f}")
+        lines.append(
+            f"{t['engine']:<11} {t['batch']:>5} {t['min_s'] * 1e3:>8.2f} {t['median_s'] * 1e3:>8.2f} "
+            f"{t['p90_s'] * 1e3:>8.2f} {t['max_s'] * 1e3:>8.2f} {t['throughput']:>8.1f}"
+        )
     sp = ", ".join(f"{k} {v:.2f}x" for k, v in result["speedups"].items())
     k = result["kernels"]
     lines.append(f"measured speed-up (median): {sp}")
     lines.append(f"predicted by BOPs (FP32/INT8): {result['bops_ratio']:.1f}x (rel. BOPs {result['rel_bops']:.4f})")
-    lines.append(f"ORT INT8 graph: {k['integer']} integer kernels, {k['float_compute']} float matmul/conv "
-                 f"{k['float_compute_ops']}, {k['convert']} quantize/dequantize nodes")
+    lines.append(
+        f"ORT INT8 graph: {k['integer']} integer kernels, {k['float_compute']} float matmul/conv "
+        f"{k['float_compute_ops']}, {k['convert']} quantize/dequantize nodes"
+    )
     for b, a in result["agreement"].items():
-        lines.append(f"INT8 ORT vs fake-quant ({b}): max |diff| {a['max_abs']:.4f} (logit range "
-                     f"{a['logit_range']:.2f}), top-1 agreement {100 * a['top1_agree']:.1f} %")
+        lines.append(
+            f"INT8 ORT vs fake-quant ({b}): max |diff| {a['max_abs']:.4f} (logit range "
+            f"{a['logit_range']:.2f}), top-1 agreement {100 * a['top1_agree']:.1f} %"
+        )
     return "\n".join(lines)

@@ -35,7 +35,8 @@ class QuantizeFirst:
         recipe: with a model name: quantize with this preset or YAML/JSON recipe first (none: export it float)
         calib_size: calibration images from the training split
         seed: seed of the calibration subset
-        policy: points ONNX Runtime cannot run at their bits (activations below 8 bit, log2): promote to 8 bit, keep float, or error
+        policy: points ONNX Runtime cannot run at their bits (activations below 8 bit, log2): promote to 8
+            bit, keep float, or error
     """
 
     recipe: str | None = None
@@ -109,8 +110,9 @@ def load_for_export(source: ModelSource, opts: QuantizeFirst, data_root: str | N
         from vitcompress.quantize import quantize_
 
         recipe = resolve_recipe(opts.recipe)
-        calib = calibration_subset(load_dataset(input_spec_of(model), "train", data_root), opts.calib_size,
-                                   seed=opts.seed)
+        calib = calibration_subset(
+            load_dataset(input_spec_of(model), "train", data_root), opts.calib_size, seed=opts.seed
+        )
         quantize_(model, recipe, calib, batch_size=32)
     return model
 
@@ -120,14 +122,21 @@ def run_export(source: ModelSource, opts: ExportOptions, data_root: str | None =
     from vitcompress.export.onnx_export import check_export_args, export_onnx
 
     check_export_args(opts.precision, opts.opset, opts.policy, Path(opts.out))  # fail before loading / calibrating
-    report = export_onnx(load_for_export(source, opts, data_root), opts.out, precision=opts.precision,
-                         opset=opts.opset, policy=opts.policy)
+    report = export_onnx(
+        load_for_export(source, opts, data_root),
+        opts.out,
+        precision=opts.precision,
+        opset=opts.opset,
+        policy=opts.policy,
+    )
     if opts.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
     d = report.to_dict()
-    print(f"{opts.out}: {report.precision}, opset {report.opset}, input {list(report.input_shape)} (batch dynamic), "
-          f"{d['integer_points']} integer / {d['float_points']} float quantization points, {report.seconds:.1f} s")
+    print(
+        f"{opts.out}: {report.precision}, opset {report.opset}, input {list(report.input_shape)} (batch dynamic), "
+        f"{d['integer_points']} integer / {d['float_points']} float quantization points, {report.seconds:.1f} s"
+    )
     by_note: dict[str, list[str]] = {}
     for p in report.points:
         if p.note:
@@ -141,9 +150,17 @@ def run_bench(source: ModelSource, opts: BenchOptions, threads: int | None, data
     """``vitcompress bench``: time torch FP32, ORT FP32 and ORT INT8; print the table or JSON."""
     from vitcompress.export.bench import benchmark_deploy, format_bench
 
-    result = benchmark_deploy(load_for_export(source, opts, data_root), batches=tuple(opts.batch),
-                              threads=threads or 1, warmup=opts.warmup, repeats=opts.repeats, rounds=opts.rounds,
-                              opt_level=opts.opt_level, policy=opts.policy, work_dir=opts.keep_onnx)
+    result = benchmark_deploy(
+        load_for_export(source, opts, data_root),
+        batches=tuple(opts.batch),
+        threads=threads or 1,
+        warmup=opts.warmup,
+        repeats=opts.repeats,
+        rounds=opts.rounds,
+        opt_level=opts.opt_level,
+        policy=opts.policy,
+        work_dir=opts.keep_onnx,
+    )
     result["model"] = source.model
     print(json.dumps(result, indent=2) if opts.json else format_bench(result))
     return 0

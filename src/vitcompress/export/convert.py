@@ -86,16 +86,19 @@ def _promoted_8bit(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, to
 def _unsupported(qz: Quantizer, why: str, policy: str, points: _Points) -> bool:
     """Handle a point without an 8-bit ONNX equivalent: True if the caller should promote it."""
     if policy == "error":
-        raise ConfigError(f"quantizer {qz.name}: {why} have no ONNX Runtime integer kernel; set policy to "
-                          f"'promote' (8 bit) or 'float' (policy must be one of {list(POLICIES)})")
+        raise ConfigError(
+            f"quantizer {qz.name}: {why} have no ONNX Runtime integer kernel; set policy to "
+            f"'promote' (8 bit) or 'float' (policy must be one of {list(POLICIES)})"
+        )
     if policy == "float":
         points.add(qz, "float", f"{why}: kept float", exact=False)
         return False
     return True
 
 
-def activation_qdq(qz: Quantizer, policy: str, points: _Points, axis_map: int | None = None,
-                   factor: float = 1.0) -> nn.Module:
+def activation_qdq(
+    qz: Quantizer, policy: str, points: _Points, axis_map: int | None = None, factor: float = 1.0
+) -> nn.Module:
     """The export module of an activation quantizer: a :class:`QDQ`, or ``nn.Identity`` (float).
 
     Args:
@@ -122,8 +125,9 @@ def activation_qdq(qz: Quantizer, policy: str, points: _Points, axis_map: int | 
         zero = qz.zero_point.expand_as(scale)
         return _uniform_qdq(qz, scale, zero, False, -1, spec.bits, policy, points, "PTF as per-channel QDQ")
     if not isinstance(qz, UniformQuantizer):
-        raise UnsupportedModelError(f"quantizer {qz.name}: {type(qz).__name__} has no ONNX export (uniform, log2 "
-                                    f"and PTF quantizers do)")
+        raise UnsupportedModelError(
+            f"quantizer {qz.name}: {type(qz).__name__} has no ONNX export (uniform, log2 and PTF quantizers do)"
+        )
     if spec.granularity == "token":
         points.add(qz, "float", "dynamic per-token ranges have no static scale: kept float", exact=False)
         return nn.Identity()
@@ -134,8 +138,18 @@ def activation_qdq(qz: Quantizer, policy: str, points: _Points, axis_map: int | 
     return _uniform_qdq(qz, scale, zero, qz.symmetric, axis, spec.bits, policy, points, "", factor)
 
 
-def _uniform_qdq(qz: Quantizer, scale: torch.Tensor, zero: torch.Tensor, signed: bool, axis: int | None,
-                 bits: int, policy: str, points: _Points, note: str, factor: float = 1.0) -> nn.Module:
+def _uniform_qdq(
+    qz: Quantizer,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    signed: bool,
+    axis: int | None,
+    bits: int,
+    policy: str,
+    points: _Points,
+    note: str,
+    factor: float = 1.0,
+) -> nn.Module:
     if bits == 8:
         points.add(qz, "int8" if signed else "uint8", note)
         return QDQ(scale, zero, signed, axis, factor)
@@ -173,8 +187,10 @@ def _export_weight(m: QuantLinear | QuantConv2d, points: _Points, transpose: boo
             points.add(qz, "float", f"{bits}-bit weights have no int8 kernel: kept float (fake-quant values)")
         return None, None, m.quantized_weight().detach()
     if not isinstance(qz, UniformQuantizer) or qz.spec.granularity == "token":
-        raise ConfigError(f"quantizer {qz.name}: weights must be uniform per tensor/channel/group to export, "
-                          f"got scheme {qz.spec.scheme!r}, granularity {qz.spec.granularity!r}")
+        raise ConfigError(
+            f"quantizer {qz.name}: weights must be uniform per tensor/channel/group to export, "
+            f"got scheme {qz.spec.scheme!r}, granularity {qz.spec.granularity!r}"
+        )
     codes, scale, zero = weight_codes(qz, w)
     offset = None
     if m.bias_correction:

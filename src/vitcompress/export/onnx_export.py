@@ -59,11 +59,16 @@ class ExportReport:
         return [p for p in self.points if not p.exact]
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "precision": self.precision, "opset": self.opset,
-                "input_shape": list(self.input_shape), "seconds": self.seconds,
-                "points": [p.to_dict() for p in self.points],
-                "integer_points": sum(p.exported_as != "float" for p in self.points),
-                "float_points": sum(p.exported_as == "float" for p in self.points)}
+        return {
+            "path": self.path,
+            "precision": self.precision,
+            "opset": self.opset,
+            "input_shape": list(self.input_shape),
+            "seconds": self.seconds,
+            "points": [p.to_dict() for p in self.points],
+            "integer_points": sum(p.exported_as != "float" for p in self.points),
+            "float_points": sum(p.exported_as == "float" for p in self.points),
+        }
 
 
 def is_quantized(model: nn.Module) -> bool:
@@ -102,8 +107,14 @@ def check_export_args(precision: str, opset: int, policy: str, path: Path) -> No
         raise DataError(f"out: output folder {path.parent} does not exist")
 
 
-def export_onnx(model: nn.Module, path: str | Path, precision: str = "auto", opset: int = DEFAULT_OPSET,
-                policy: str = "promote", batch: int = 2) -> ExportReport:
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    precision: str = "auto",
+    opset: int = DEFAULT_OPSET,
+    policy: str = "promote",
+    batch: int = 2,
+) -> ExportReport:
     """Export ``model`` to ONNX (atomically: a failed export leaves no file at ``path``).
 
     Args:
@@ -128,8 +139,10 @@ def export_onnx(model: nn.Module, path: str | Path, precision: str = "auto", ops
     check_export_args(precision, opset, policy, path)
     quantized = is_quantized(model)
     if precision == "int8" and not quantized:
-        raise StateError("precision 'int8' needs a quantized model (run vitcompress.quantize_ first); "
-                         f"allowed for a float model: {['auto', 'fp32']}")
+        raise StateError(
+            "precision 'int8' needs a quantized model (run vitcompress.quantize_ first); "
+            f"allowed for a float model: {['auto', 'fp32']}"
+        )
     precision = precision if precision != "auto" else ("int8" if quantized else "fp32")
     t0 = time.perf_counter()
     points: list[PointExport] = []
@@ -142,8 +155,11 @@ def export_onnx(model: nn.Module, path: str | Path, precision: str = "auto", ops
     report = ExportReport(str(path), precision, opset, shape, tuple(points), time.perf_counter() - t0)
     changed = report.changed_points
     if changed:
-        log.warning("%d quantization points exported differently from the recipe: %s", len(changed),
-                    "; ".join(f"{p.name}: {p.note}" for p in changed[:6]) + (" …" if len(changed) > 6 else ""))
+        log.warning(
+            "%d quantization points exported differently from the recipe: %s",
+            len(changed),
+            "; ".join(f"{p.name}: {p.note}" for p in changed[:6]) + (" …" if len(changed) > 6 else ""),
+        )
     log.info("exported %s %s model to %s in %.1f s", precision, type(model).__name__, path, report.seconds)
     return report
 
@@ -154,7 +170,15 @@ def _trace(model: nn.Module, shape: tuple[int, ...], path: Path, opset: int) -> 
     x = torch.zeros(shape)
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings on shape arithmetic and the exporter's deprecation
-        torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], do_constant_folding=True,
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (x,),
+            str(tmp),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            do_constant_folding=True,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
         onnx.checker.check_model(str(tmp))

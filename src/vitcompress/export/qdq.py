@@ -51,7 +51,8 @@ class _Dequantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, codes, scale, zero_point, axis):  # noqa: D102
         return (codes.to(scale.dtype) - _broadcast(zero_point.to(scale.dtype), codes, axis)) * _broadcast(
-            scale, codes, axis)
+            scale, codes, axis
+        )
 
     @staticmethod
     def symbolic(g, codes, scale, zero_point, axis):  # noqa: D102
@@ -71,8 +72,9 @@ class QDQ(nn.Module):
             ``DequantizeLinear`` scale (the attention scale 1/√d on q: one ``Mul`` less per head).
     """
 
-    def __init__(self, scale: torch.Tensor, zero_point: torch.Tensor, signed: bool, axis: int | None = None,
-                 factor: float = 1.0):
+    def __init__(
+        self, scale: torch.Tensor, zero_point: torch.Tensor, signed: bool, axis: int | None = None, factor: float = 1.0
+    ):
         super().__init__()
         dtype = torch.int8 if signed else torch.uint8
         self.register_buffer("scale", scale.detach().float().clone())

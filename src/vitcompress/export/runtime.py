@@ -24,17 +24,37 @@ log = logging.getLogger(__name__)
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 # ops that compute on integers (ORT contrib ops included)
-INTEGER_OPS = frozenset({"QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "QLinearConv", "ConvInteger",
-                         "QGemm", "QLinearAdd", "QLinearMul", "QLinearSoftmax", "QLinearSigmoid",
-                         "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearConcat", "QLinearLeakyRelu",
-                         "QLinearReduceMean", "QAttention", "DynamicQuantizeMatMul", "MatMulNBits"})
-COMPUTE_FLOAT_OPS = frozenset({"MatMul", "Gemm", "Conv", "FusedConv", "FusedMatMul", "FusedGemm", "Attention",
-                               "MultiHeadAttention"})
+INTEGER_OPS = frozenset(
+    {
+        "QLinearMatMul",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "QLinearConv",
+        "ConvInteger",
+        "QGemm",
+        "QLinearAdd",
+        "QLinearMul",
+        "QLinearSoftmax",
+        "QLinearSigmoid",
+        "QLinearAveragePool",
+        "QLinearGlobalAveragePool",
+        "QLinearConcat",
+        "QLinearLeakyRelu",
+        "QLinearReduceMean",
+        "QAttention",
+        "DynamicQuantizeMatMul",
+        "MatMulNBits",
+    }
+)
+COMPUTE_FLOAT_OPS = frozenset(
+    {"MatMul", "Gemm", "Conv", "FusedConv", "FusedMatMul", "FusedGemm", "Attention", "MultiHeadAttention"}
+)
 CONVERT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 
 
-def ort_session(path: str | Path, threads: int | None = None, opt_level: str = "all",
-                optimized_path: str | Path | None = None):
+def ort_session(
+    path: str | Path, threads: int | None = None, opt_level: str = "all", optimized_path: str | Path | None = None
+):
     """An ``onnxruntime.InferenceSession`` on the CPU provider.
 
     Args:
@@ -99,15 +119,18 @@ def kernel_counts(path: str | Path, threads: int | None = 1, opt_level: str = "a
         optimized = Path(tmp) / "optimized.onnx"
         ort_session(path, threads, opt_level, optimized)
         ops = op_counts(optimized)
-    return {"ops": ops,
-            "integer": sum(n for op, n in ops.items() if op in INTEGER_OPS),
-            "float_compute": sum(n for op, n in ops.items() if op in COMPUTE_FLOAT_OPS),
-            "convert": sum(n for op, n in ops.items() if op in CONVERT_OPS),
-            "float_compute_ops": {op: n for op, n in ops.items() if op in COMPUTE_FLOAT_OPS}}
+    return {
+        "ops": ops,
+        "integer": sum(n for op, n in ops.items() if op in INTEGER_OPS),
+        "float_compute": sum(n for op, n in ops.items() if op in COMPUTE_FLOAT_OPS),
+        "convert": sum(n for op, n in ops.items() if op in CONVERT_OPS),
+        "float_compute_ops": {op: n for op, n in ops.items() if op in COMPUTE_FLOAT_OPS},
+    }
 
 
-def profile_ops(path: str | Path, x: torch.Tensor, threads: int | None = 1, runs: int = 5,
-                opt_level: str = "all") -> dict[str, float]:
+def profile_ops(
+    path: str | Path, x: torch.Tensor, threads: int | None = 1, runs: int = 5, opt_level: str = "all"
+) -> dict[str, float]:
     """Milliseconds per run spent in each op type of the optimized graph (ORT's profiler), largest first.
 
     One untimed run first; then ``runs`` profiled runs of input ``x``. The sum is below the wall

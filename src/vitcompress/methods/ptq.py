@@ -15,8 +15,9 @@ from vitcompress.result import Result
 
 
 @register(Recipe, "ptq", calib_size=1000)
-def ptq(model: nn.Module, recipe: Recipe, calib, *, train_data=None, eval_data=None, state_dir=None,
-        resume: bool = False) -> Result:
+def ptq(
+    model: nn.Module, recipe: Recipe, calib, *, train_data=None, eval_data=None, state_dir=None, resume: bool = False
+) -> Result:
     """Quantize ``model`` in place with ``recipe`` on ``calib`` (see :func:`~vitcompress.quantize.quantize_`)."""
     t0 = time.perf_counter()
     quantize_(model, recipe, calib)
@@ -34,5 +35,9 @@ class PTQOptions:
     recipe: Recipe = option(parse=resolve_recipe)
 
 
-COMMAND = MethodCommand(name="ptq", help="post-training quantization with a recipe (preset or YAML/JSON file)",
-                        options=PTQOptions, build=lambda opts, shared: opts.recipe)
+COMMAND = MethodCommand(
+    name="ptq",
+    help="post-training quantization with a recipe (preset or YAML/JSON file)",
+    options=PTQOptions,
+    build=lambda opts, shared: opts.recipe,
+)

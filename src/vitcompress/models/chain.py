@@ -115,8 +115,7 @@ def _captured(module: nn.Module, run: Callable[[], object]) -> torch.Tensor:
     return got[-1]
 
 
-def _until_module(names: list[str], steps: list[Step], module: nn.Module,
-                  target: str) -> tuple[list[str], list[Step]]:
+def _until_module(names: list[str], steps: list[Step], module: nn.Module, target: str) -> tuple[list[str], list[Step]]:
     """Steps up to the one that runs ``module``; that step returns the module's output."""
     k = next((i for i, n in enumerate(names) if target == n or target.startswith(n + ".")), None)
     if k is None or k == len(names) - 1:  # the last step: pooling, head
@@ -125,8 +124,9 @@ def _until_module(names: list[str], steps: list[Step], module: nn.Module,
     return names[: k + 1], steps[:k] + [lambda x: _captured(module, lambda: last(x))]
 
 
-def model_chain(model: nn.Module, target: str = "pre_logits", check: torch.Tensor | None = None, *,
-                distilled: bool = False) -> Chain:
+def model_chain(
+    model: nn.Module, target: str = "pre_logits", check: torch.Tensor | None = None, *, distilled: bool = False
+) -> Chain:
     """The chain of a timm ViT/DeiT or Swin.
 
     Args:
@@ -147,8 +147,11 @@ def model_chain(model: nn.Module, target: str = "pre_logits", check: torch.Tenso
         module = dict(model.named_modules()).get(target) if target else None
         if module is None:
             raise ConfigError(f"target must be one of {list(TARGETS)} or a module name of the model, got {target!r}")
-    if hasattr(model, "blocks") and hasattr(model, "_pos_embed") and (
-            distilled or getattr(model, "dist_token", None) is None):
+    if (
+        hasattr(model, "blocks")
+        and hasattr(model, "_pos_embed")
+        and (distilled or getattr(model, "dist_token", None) is None)
+    ):
         names, steps = _vit_steps(model, target)
     elif hasattr(model, "layers") and all(hasattr(s, "blocks") and hasattr(s, "downsample") for s in model.layers):
         names, steps = _swin_steps(model, target)
@@ -168,8 +171,13 @@ def model_chain(model: nn.Module, target: str = "pre_logits", check: torch.Tenso
                 expected = _captured(module, lambda: model(check))
             got = chain.run(check)
         if got.shape != expected.shape or not torch.equal(got, expected):
-            diff = (f"max difference {(got - expected).abs().max().item():.3g}" if got.shape == expected.shape
-                    else f"shape {tuple(got.shape)} vs {tuple(expected.shape)}")
-            raise UnsupportedModelError(f"{type(model).__name__}: the block chain does not reproduce the model's "
-                                        f"{target} ({diff}); this timm version is not supported")
+            diff = (
+                f"max difference {(got - expected).abs().max().item():.3g}"
+                if got.shape == expected.shape
+                else f"shape {tuple(got.shape)} vs {tuple(expected.shape)}"
+            )
+            raise UnsupportedModelError(
+                f"{type(model).__name__}: the block chain does not reproduce the model's "
+                f"{target} ({diff}); this timm version is not supported"
+            )
     return chain

@@ -52,8 +52,9 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-def save_weights(model_or_state: nn.Module | dict[str, torch.Tensor], path: str | Path,
-                 metadata: dict[str, str] | None = None) -> None:
+def save_weights(
+    model_or_state: nn.Module | dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
     """Write a safetensors file atomically (shared tensors are cloned, tensors made contiguous)."""
     from safetensors.torch import save_file
 

@@ -48,6 +48,14 @@ class ModelSource:
             from vitcompress.quantize import restore
 
             return restore(folder)
-        kwargs = {k: v for k, v in (("checkpoint", self.checkpoint), ("num_classes", self.num_classes),
-                                    ("in_chans", self.in_chans), ("img_size", self.img_size)) if v is not None}
+        kwargs = {
+            k: v
+            for k, v in (
+                ("checkpoint", self.checkpoint),
+                ("num_classes", self.num_classes),
+                ("in_chans", self.in_chans),
+                ("img_size", self.img_size),
+            )
+            if v is not None
+        }
         return load_model(self.model, **kwargs)

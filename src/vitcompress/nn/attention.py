@@ -48,8 +48,10 @@ def clone_into(cls: type, module: nn.Module) -> nn.Module:
 
 class _AttnQuantMixin:
     def attn_quant_active(self) -> bool:
-        return any(getattr(self, f"{p}_quantizer").enabled and getattr(self, f"{p}_quantizer").spec.enabled
-                   for p in ATTN_POINTS)
+        return any(
+            getattr(self, f"{p}_quantizer").enabled and getattr(self, f"{p}_quantizer").spec.enabled
+            for p in ATTN_POINTS
+        )
 
     def _quant_matmuls(self, q, k, v, bias: torch.Tensor | None) -> torch.Tensor:
         """softmax(Q(q)·scale @ Q(k)ᵀ + bias) quantized, @ Q(v); q, k, v: (B, H, N, Dh)."""

@@ -118,8 +118,9 @@ def prepare(model: nn.Module, recipe: Recipe) -> nn.Module:
     names = [name for name, _ in quantization_points(model)]
     for pattern, _ in recipe.overrides:
         if not any(recipe.matching_override(n) == pattern for n in names):
-            raise ConfigError(f"override pattern {pattern!r} matches no quantization point of this model "
-                              f"(e.g. {names[:3]})")
+            raise ConfigError(
+                f"override pattern {pattern!r} matches no quantization point of this model (e.g. {names[:3]})"
+            )
     return model
 
 

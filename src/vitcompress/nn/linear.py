@@ -20,8 +20,15 @@ class _WeightQuantMixin:
 
     bias_correction: bool
 
-    def _attach(self, source: nn.Module, weight_spec: QuantSpec, input_spec: QuantSpec, name: str,
-                input_axis: int, in_channels: int) -> None:
+    def _attach(
+        self,
+        source: nn.Module,
+        weight_spec: QuantSpec,
+        input_spec: QuantSpec,
+        name: str,
+        input_axis: int,
+        in_channels: int,
+    ) -> None:
         self.weight, self.bias = source.weight, source.bias  # shared Parameters: no copy
         self.bias_correction = False
         self.weight_quantizer = make_quantizer(weight_spec, f"{name}.weight", 0, source.weight.shape[0])
@@ -39,8 +46,9 @@ class QuantLinear(_WeightQuantMixin, nn.Linear):
     """``nn.Linear`` with a per-output-channel weight quantizer and an input quantizer."""
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, weight_spec: QuantSpec, input_spec: QuantSpec,
-                   name: str = "") -> QuantLinear:
+    def from_float(
+        cls, linear: nn.Linear, weight_spec: QuantSpec, input_spec: QuantSpec, name: str = ""
+    ) -> QuantLinear:
         q = cls.__new__(cls)
         nn.Module.__init__(q)
         q.in_features, q.out_features = linear.in_features, linear.out_features
@@ -55,12 +63,22 @@ class QuantConv2d(_WeightQuantMixin, nn.Conv2d):
     """``nn.Conv2d`` (the patch embedding) with weight and input quantizers."""
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, weight_spec: QuantSpec, input_spec: QuantSpec,
-                   name: str = "") -> QuantConv2d:
+    def from_float(cls, conv: nn.Conv2d, weight_spec: QuantSpec, input_spec: QuantSpec, name: str = "") -> QuantConv2d:
         q = cls.__new__(cls)
         nn.Module.__init__(q)
-        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
-                     "transposed", "output_padding", "groups", "padding_mode", "_reversed_padding_repeated_twice"):
+        for attr in (
+            "in_channels",
+            "out_channels",
+            "kernel_size",
+            "stride",
+            "padding",
+            "dilation",
+            "transposed",
+            "output_padding",
+            "groups",
+            "padding_mode",
+            "_reversed_padding_repeated_twice",
+        ):
             setattr(q, attr, getattr(conv, attr))
         # activations of a conv are (B, C, H, W): the channel axis of an input spec is 1
         q._attach(conv, weight_spec, input_spec, name, 1, conv.in_channels)

@@ -27,7 +27,23 @@ from vitcompress.quant.observers import (
 from vitcompress.quant.quantizer import Log2Quantizer, PTFQuantizer, Quantizer, UniformQuantizer, make_quantizer
 
 __all__ = [
-    "ChannelHistogramObserver", "HistogramObserver", "Log2Quantizer", "PTFQuantizer", "Quantizer", "RowHistogram",
-    "UniformQuantizer", "correct_bias", "fake_quant", "grad_scale", "log2_fake_quant", "make_quantizer",
-    "ptf_fake_quant", "qparams_from_range", "qrange", "qrange_tensor", "round_ste", "search_range", "tensor_range",
+    "ChannelHistogramObserver",
+    "HistogramObserver",
+    "Log2Quantizer",
+    "PTFQuantizer",
+    "Quantizer",
+    "RowHistogram",
+    "UniformQuantizer",
+    "correct_bias",
+    "fake_quant",
+    "grad_scale",
+    "log2_fake_quant",
+    "make_quantizer",
+    "ptf_fake_quant",
+    "qparams_from_range",
+    "qrange",
+    "qrange_tensor",
+    "round_ste",
+    "search_range",
+    "tensor_range",
 ]

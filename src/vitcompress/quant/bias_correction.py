@@ -33,8 +33,9 @@ def correct_bias(w: torch.Tensor, w_hat: torch.Tensor, axis: int = 0, eps: float
         The corrected weight (a new tensor); ``w_hat`` itself for a 1-D weight (nothing to average).
     """
     if w.shape != w_hat.shape:
-        raise DataError(f"correct_bias: w and w_hat must have the same shape, got {tuple(w.shape)} "
-                        f"and {tuple(w_hat.shape)}")
+        raise DataError(
+            f"correct_bias: w and w_hat must have the same shape, got {tuple(w.shape)} and {tuple(w_hat.shape)}"
+        )
     dims = [d for d in range(w.dim()) if d != axis % w.dim()]
     if not dims:
         return w_hat

@@ -39,8 +39,9 @@ def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
-def qrange_tensor(bits: torch.Tensor, symmetric: bool,
-                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def qrange_tensor(
+    bits: torch.Tensor, symmetric: bool, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`qrange` for a tensor of bit widths (per-group bits): ``(qmin, qmax)`` as tensors of
     its shape in ``dtype`` (exact: powers of two up to 2^16 are representable in float32)."""
     bits = bits.to(dtype)
@@ -64,8 +65,9 @@ def grad_scale(t: torch.Tensor, g: float | torch.Tensor) -> torch.Tensor:
     return t.detach() + (scaled - scaled.detach())
 
 
-def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: Bound,
-               qmax: Bound) -> torch.Tensor:
+def fake_quant(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: Bound, qmax: Bound
+) -> torch.Tensor:
     """Uniform affine fake quantization: ``q = clamp(round(x/s) + z, qmin, qmax)``, ``x̂ = (q − z)·s``.
 
     All of ``scale``, ``zero_point``, ``qmin``, ``qmax`` broadcast against ``x`` (per-tensor scalars,
@@ -111,8 +113,9 @@ def log2_fake_quant(x: torch.Tensor, bits: int) -> torch.Tensor:
     return x + (x_hat - x).detach()
 
 
-def ptf_fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, alpha: torch.Tensor,
-                   qmin: Bound, qmax: Bound) -> torch.Tensor:
+def ptf_fake_quant(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, alpha: torch.Tensor, qmin: Bound, qmax: Bound
+) -> torch.Tensor:
     """Power-of-two-factor quantization (FQ-ViT): channel ``c`` on the last axis uses
     scale ``s·2^α_c`` and the shared zero point.
 

@@ -95,15 +95,17 @@ def _row_quantile(rows: torch.Tensor, q: float) -> torch.Tensor:
     return s[:, i] + (pos - i) * (s[:, j] - s[:, i])
 
 
-def _dequant(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: torch.Tensor,
-             qmax: torch.Tensor) -> torch.Tensor:
+def _dequant(
+    x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: torch.Tensor, qmax: torch.Tensor
+) -> torch.Tensor:
     """The values of :func:`fake_quant` (bit for bit) without its gradient machinery."""
     return (torch.clamp(torch.round(x / scale) + zero, qmin, qmax) - zero) * scale
 
 
 @torch.no_grad()
-def search_range(rows: torch.Tensor, bits: int | torch.Tensor, symmetric: bool, observer: str,
-                 percentile: float = 99.99) -> tuple[torch.Tensor, torch.Tensor]:
+def search_range(
+    rows: torch.Tensor, bits: int | torch.Tensor, symmetric: bool, observer: str, percentile: float = 99.99
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Range ``(lo, hi)``, each (R,), of every row of ``rows`` (R, K) for ``observer``.
 
     ``minmax``: the row extremes; ``percentile``: the ``100 − p`` and ``p`` percentiles; ``omse``:
@@ -135,9 +137,16 @@ def search_range(rows: torch.Tensor, bits: int | torch.Tensor, symmetric: bool, 
     return best_lo, best_hi
 
 
-def tensor_range(x: torch.Tensor, observer: str, bits: int | torch.Tensor, symmetric: bool,
-                 granularity: str = "tensor", axis: int = 0, group_size: int | None = None,
-                 percentile: float = 99.99) -> tuple[torch.Tensor, torch.Tensor]:
+def tensor_range(
+    x: torch.Tensor,
+    observer: str,
+    bits: int | torch.Tensor,
+    symmetric: bool,
+    granularity: str = "tensor",
+    axis: int = 0,
+    group_size: int | None = None,
+    percentile: float = 99.99,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Range of a whole tensor (a weight) per tensor / channel / group along ``axis``.
 
     Returns ``(lo, hi)``: 0-dim tensors for ``tensor``, else shape (R,) with R channels or groups.
@@ -163,8 +172,15 @@ def _cum_sq_err(v: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch
     return inside + above - below
 
 
-def hist_sq_error(lower: torch.Tensor, upper: torch.Tensor, counts: torch.Tensor, scale: torch.Tensor,
-                  zero: torch.Tensor, qmin: torch.Tensor, qmax: torch.Tensor) -> torch.Tensor:
+def hist_sq_error(
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    counts: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    qmin: torch.Tensor,
+    qmax: torch.Tensor,
+) -> torch.Tensor:
     """Sum of squared quantization errors of histogrammed data, per row.
 
     Values are assumed uniform inside each bin ``[lower, upper]`` (R, bins), so the error of a bin is
@@ -176,8 +192,9 @@ def hist_sq_error(lower: torch.Tensor, upper: torch.Tensor, counts: torch.Tensor
     width = b - a
     point = a + width / 2
     point_err = (torch.minimum(torch.maximum(point.round(), low), high) - point) ** 2
-    mean_err = torch.where(width > 1e-9, (_cum_sq_err(b, low, high) - _cum_sq_err(a, low, high))
-                           / width.clamp_min(1e-9), point_err)
+    mean_err = torch.where(
+        width > 1e-9, (_cum_sq_err(b, low, high) - _cum_sq_err(a, low, high)) / width.clamp_min(1e-9), point_err
+    )
     return (counts * mean_err).sum(1) * scale[:, 0] ** 2
 
 
@@ -203,8 +220,10 @@ class RowHistogram:
         """Add the values of ``rows`` (R, K) to the statistics."""
         rows = rows.detach()
         if rows.dim() != 2 or rows.shape[0] != self.rows:
-            raise DataError(f"quantizer {self.name or '<unnamed>'}: expected {self.rows} rows of statistics "
-                            f"(channels/groups), got shape {tuple(rows.shape)}")
+            raise DataError(
+                f"quantizer {self.name or '<unnamed>'}: expected {self.rows} rows of statistics "
+                f"(channels/groups), got shape {tuple(rows.shape)}"
+            )
         if rows.numel() == 0:
             return
         check_finite(rows, self.name)
@@ -285,8 +304,9 @@ class RowHistogram:
         col = [t.double().reshape(-1, 1).expand(self.rows, 1) for t in (scale, zero, qmin, qmax)]
         return hist_sq_error(lower, upper, self.hist, *col)
 
-    def search(self, observer: str, bits: int | torch.Tensor, symmetric: bool,
-               percentile: float = 99.99) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(
+        self, observer: str, bits: int | torch.Tensor, symmetric: bool, percentile: float = 99.99
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row range (R,) float64 for ``observer`` (see :func:`search_range`); min-max is exact."""
         self._require_data()
         lo, hi = self.min.clone(), self.max.clone()
@@ -314,8 +334,9 @@ class HistogramObserver(RowHistogram):
         """Add all values of ``x``."""
         self.update_rows(x.detach().reshape(1, -1))
 
-    def range(self, observer: str, bits: int, symmetric: bool,
-              percentile: float = 99.99) -> tuple[torch.Tensor, torch.Tensor]:
+    def range(
+        self, observer: str, bits: int, symmetric: bool, percentile: float = 99.99
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(lo, hi)`` as 0-dim float32 tensors; min-max is exact, the others use the histogram."""
         lo, hi = self.search(observer, bits, symmetric, percentile)
         return lo[0].float(), hi[0].float()
@@ -330,8 +351,10 @@ class ChannelHistogramObserver(RowHistogram):
     def update(self, x: torch.Tensor) -> None:
         """Add ``x`` (…, C)."""
         if x.dim() == 0 or x.shape[-1] != self.rows:
-            raise DataError(f"quantizer {self.name or '<unnamed>'}: expected {self.rows} channels on the last "
-                            f"axis, got shape {tuple(x.shape)}")
+            raise DataError(
+                f"quantizer {self.name or '<unnamed>'}: expected {self.rows} channels on the last "
+                f"axis, got shape {tuple(x.shape)}"
+            )
         self.update_rows(x.detach().reshape(-1, self.rows).T)  # (C, tokens)
 
     def ptf_params(self, bits: int, max_alpha: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -352,6 +375,7 @@ class ChannelHistogramObserver(RowHistogram):
         zero = (qmin - torch.round(lo / s_layer)).clamp(qmin, qmax)
         base = s_layer / 2**max_alpha
         ones = torch.ones(self.rows, dtype=torch.float64, device=self.hist.device)
-        errors = torch.stack([self.sq_error(ones * base * 2**a, ones * zero, ones * qmin, ones * qmax)
-                              for a in range(max_alpha + 1)])  # (α, C)
+        errors = torch.stack(
+            [self.sq_error(ones * base * 2**a, ones * zero, ones * qmin, ones * qmax) for a in range(max_alpha + 1)]
+        )  # (α, C)
         return base.float(), zero.float(), errors.argmin(0)  # argmin keeps the first (smallest) α on ties

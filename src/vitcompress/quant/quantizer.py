@@ -147,8 +147,10 @@ class UniformQuantizer(Quantizer):
             self.register_buffer("group_bits", torch.full(shape, spec.bits, dtype=torch.int64))
             if spec.group_bits is not None:
                 if len(spec.group_bits) != shape[0]:
-                    raise ConfigError(f"group_bits of quantizer {self.name} must have {shape[0]} values (one per "
-                                      f"group of {spec.group_size} channels), got {len(spec.group_bits)}")
+                    raise ConfigError(
+                        f"group_bits of quantizer {self.name} must have {shape[0]} values (one per "
+                        f"group of {spec.group_size} channels), got {len(spec.group_bits)}"
+                    )
                 self.group_bits.copy_(torch.tensor(spec.group_bits, dtype=torch.int64))
         if spec.granularity == "token":
             self.calibrated.fill_(True)  # dynamic: nothing to calibrate
@@ -162,8 +164,7 @@ class UniformQuantizer(Quantizer):
             raise ConfigError(f"granularity {spec.granularity!r} needs num_channels (quantizer {self.name})")
         if spec.granularity == "group":
             if n % spec.group_size:
-                raise ConfigError(f"group_size {spec.group_size} must divide the {n} channels of quantizer "
-                                  f"{self.name}")
+                raise ConfigError(f"group_size {spec.group_size} must divide the {n} channels of quantizer {self.name}")
             return (n // spec.group_size,)
         return (n,)
 
@@ -175,12 +176,15 @@ class UniformQuantizer(Quantizer):
         was calibrated but its statistics were dropped, it becomes uncalibrated (observe again).
         """
         if self.spec.granularity != "group":
-            raise ConfigError(f"set_group_bits needs granularity 'group'; quantizer {self.name} has "
-                              f"{self.spec.granularity!r}")
+            raise ConfigError(
+                f"set_group_bits needs granularity 'group'; quantizer {self.name} has {self.spec.granularity!r}"
+            )
         bits = torch.as_tensor(bits).flatten()
         if bits.numel() != self.group_bits.numel():
-            raise ConfigError(f"group_bits of quantizer {self.name} must have {self.group_bits.numel()} values "
-                              f"(one per group), got {bits.numel()}")
+            raise ConfigError(
+                f"group_bits of quantizer {self.name} must have {self.group_bits.numel()} values "
+                f"(one per group), got {bits.numel()}"
+            )
         bad = [b for b in bits.tolist() if b not in GROUP_BITS]
         if bad:
             raise ConfigError(f"group_bits must be in {list(GROUP_BITS)}, got {bad[0]!r} (quantizer {self.name})")
@@ -217,8 +221,9 @@ class UniformQuantizer(Quantizer):
         """(R, K): one row per scale entry (channel or group of channels)."""
         axis = self.channel_axis
         if not -x.dim() <= axis < x.dim() or x.shape[axis] != self.num_channels:
-            raise self._error(f"expected {self.num_channels} channels on axis {self.channel_axis}, "
-                              f"got shape {tuple(x.shape)}")
+            raise self._error(
+                f"expected {self.num_channels} channels on axis {self.channel_axis}, got shape {tuple(x.shape)}"
+            )
         return to_rows(x.detach(), self.spec.granularity, self.channel_axis, self.spec.group_size)
 
     def observe(self, x: torch.Tensor) -> None:
@@ -384,8 +389,9 @@ class PTFQuantizer(Quantizer):
         return ptf_fake_quant(x, self.scale, self.zero_point, self.alpha, qmin, qmax)
 
 
-def make_quantizer(spec: QuantSpec, name: str = "", channel_axis: int = 0,
-                   num_channels: int | None = None) -> Quantizer:
+def make_quantizer(
+    spec: QuantSpec, name: str = "", channel_axis: int = 0, num_channels: int | None = None
+) -> Quantizer:
     """The quantizer for ``spec``: uniform, log2 or PTF.
 
     Args:

@@ -40,8 +40,11 @@ def layer_stats(float_model: nn.Module, quant_model: nn.Module, x: torch.Tensor)
     for tag, model in (("f", float_model), ("q", quant_model)):
         for n in names:
             module = model.get_submodule(n)
-            handles.append(module.register_forward_hook(
-                lambda _m, _i, out, tag=tag, n=n: outputs[tag].__setitem__(n, out.detach())))
+            handles.append(
+                module.register_forward_hook(
+                    lambda _m, _i, out, tag=tag, n=n: outputs[tag].__setitem__(n, out.detach())
+                )
+            )
     try:
         float_model.eval()(x)
         quant_model.eval()(x)
@@ -53,6 +56,9 @@ def layer_stats(float_model: nn.Module, quant_model: nn.Module, x: torch.Tensor)
         qm = quant_model.get_submodule(n)
         w_bits = qm.weight_quantizer.bits_per_channel(qm.weight.shape[0]).float().mean().item()
         a_bits = qm.input_quantizer.spec.bits if qm.input_quantizer.enabled else 32
-        rows.append(LayerQuantStats(n, w_bits, a_bits, sqnr_db(qm.weight, qm.quantized_weight()),
-                                    sqnr_db(outputs["f"][n], outputs["q"][n])))
+        rows.append(
+            LayerQuantStats(
+                n, w_bits, a_bits, sqnr_db(qm.weight, qm.quantized_weight()), sqnr_db(outputs["f"][n], outputs["q"][n])
+            )
+        )
     return rows

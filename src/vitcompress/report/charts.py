@@ -28,8 +28,9 @@ def save_figure(fig, path: str | Path) -> None:
     plt.close(fig)
 
 
-def bar_chart(path: str | Path, labels: Sequence[str], series: dict[str, Sequence[float]], ylabel: str,
-              title: str) -> None:
+def bar_chart(
+    path: str | Path, labels: Sequence[str], series: dict[str, Sequence[float]], ylabel: str, title: str
+) -> None:
     """Grouped bars, one group per label and one bar per series."""
     plt, fig, ax = _figure(len(labels))
     width = 0.8 / max(1, len(series))

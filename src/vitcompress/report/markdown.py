@@ -32,6 +32,16 @@ def compression_report(metrics: dict, layers: Sequence[LayerQuantStats], charts:
         "",
         f"Relative BOPs (vs all 32 bit): {m['rel_bops']:.4f}.",
         "",
+    ]
+    if layers:
+        lines += _layer_table(layers)
+    if charts:
+        lines += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
+    return "\n".join(lines)
+
+
+def _layer_table(layers: Sequence[LayerQuantStats]) -> list[str]:
+    lines = [
         "## Per layer",
         "",
         "Weight SQNR compares each layer's weight with its quantized weight; output SQNR compares the layer's "
@@ -41,7 +51,8 @@ def compression_report(metrics: dict, layers: Sequence[LayerQuantStats], charts:
         "| layer | weight bits | input bits | weight SQNR (dB) | output SQNR (dB) |",
         "|---|---:|---:|---:|---:|",
     ]
-    lines += [f"| `{r.name}` | {r.w_bits:g} | {r.a_bits} | {_fmt_db(r.weight_sqnr_db)} | "
-              f"{_fmt_db(r.output_sqnr_db)} |" for r in layers]
-    lines += ["", "## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
-    return "\n".join(lines)
+    lines += [
+        f"| `{r.name}` | {r.w_bits:g} | {r.a_bits} | {_fmt_db(r.weight_sqnr_db)} | {_fmt_db(r.output_sqnr_db)} |"
+        for r in layers
+    ]
+    return lines + [""]

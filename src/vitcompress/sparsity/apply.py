@@ -79,14 +79,20 @@ def select_layers(model: nn.Module, layers: Iterable[str] = DEFAULT_LAYERS) -> l
     for pattern in layers:
         hits = [(n, m) for n, m in candidates if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
-            raise ConfigError(f"sparsity layer pattern {pattern!r} matches no linear/conv layer "
-                              f"(e.g. {[n for n, _ in candidates[:3]]})")
+            raise ConfigError(
+                f"sparsity layer pattern {pattern!r} matches no linear/conv layer "
+                f"(e.g. {[n for n, _ in candidates[:3]]})"
+            )
         chosen.update(hits)
     return [(n, m) for n, m in candidates if n in chosen]
 
 
-def sparsify_(model: nn.Module, pattern: str | NMPattern = "2:4", layers: Iterable[str] = DEFAULT_LAYERS,
-              on_indivisible: str = "error") -> dict[str, str]:
+def sparsify_(
+    model: nn.Module,
+    pattern: str | NMPattern = "2:4",
+    layers: Iterable[str] = DEFAULT_LAYERS,
+    on_indivisible: str = "error",
+) -> dict[str, str]:
     """Prune ``model`` in place to an N:M pattern with fixed magnitude masks.
 
     In every ``m`` consecutive weights along the reduction dimension of a row the ``n`` of largest
@@ -143,8 +149,9 @@ def sparsity_plan(model: nn.Module) -> dict[str, str]:
 
 def masks_of(model: nn.Module) -> dict[str, tuple[NMPattern, torch.Tensor]]:
     """Layer name -> (pattern, mask) of every masked layer (to carry masks across module replacement)."""
-    return {n: (getattr(m, SPARSITY_ATTR).pattern, getattr(m, SPARSITY_ATTR).mask.clone())
-            for n, m in sparse_layers(model)}
+    return {
+        n: (getattr(m, SPARSITY_ATTR).pattern, getattr(m, SPARSITY_ATTR).mask.clone()) for n, m in sparse_layers(model)
+    }
 
 
 def attach_masks_(model: nn.Module, masks: dict[str, tuple[NMPattern, torch.Tensor]]) -> None:

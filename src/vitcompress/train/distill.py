@@ -118,17 +118,22 @@ class FeatureTaps:
         self.handles = []
 
 
-def check_features(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor],
-                   points: list[tuple[str, str]]) -> None:
+def check_features(
+    teacher: dict[str, torch.Tensor], student: dict[str, torch.Tensor], points: list[tuple[str, str]]
+) -> None:
     """Both models produced every feature with equal shapes; else ConfigError naming the feature."""
     for label, path in points:
         if label not in teacher or label not in student:
-            raise ConfigError(f"feature {label!r} ({path}) was not produced by the "
-                              f"{'teacher' if label not in teacher else 'student'} forward")
+            raise ConfigError(
+                f"feature {label!r} ({path}) was not produced by the "
+                f"{'teacher' if label not in teacher else 'student'} forward"
+            )
         if teacher[label].shape != student[label].shape:
-            raise ConfigError(f"feature {label!r} ({path}): teacher shape {tuple(teacher[label].shape)} vs "
-                              f"student shape {tuple(student[label].shape)}; teacher and student must share "
-                              f"the architecture")
+            raise ConfigError(
+                f"feature {label!r} ({path}): teacher shape {tuple(teacher[label].shape)} vs "
+                f"student shape {tuple(student[label].shape)}; teacher and student must share "
+                f"the architecture"
+            )
 
 
 class DistillLoss:
@@ -141,20 +146,26 @@ class DistillLoss:
         point_weights: one weight per feature point; default stage 1's ``(1, θ_1..θ_K, 1)``.
     """
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, config: DistillConfig,
-                 point_weights: list[float] | None = None):
+    def __init__(
+        self, teacher: nn.Module, student: nn.Module, config: DistillConfig, point_weights: list[float] | None = None
+    ):
         self.teacher, self.config = teacher.eval(), config
         self.points = feature_points(student, config.vit_stages)
         teacher_points = feature_points(teacher, config.vit_stages)
         if teacher_points != self.points:
-            label, t_path, s_path = next(((s[0], t[1], s[1]) for t, s in zip(teacher_points, self.points) if t != s),
-                                         (self.points[-1][0], "<missing>", self.points[-1][1]))
-            raise ConfigError(f"teacher/student architecture mismatch at feature {label!r}: teacher {t_path} vs "
-                              f"student {s_path}")
+            label, t_path, s_path = next(
+                ((s[0], t[1], s[1]) for t, s in zip(teacher_points, self.points) if t != s),
+                (self.points[-1][0], "<missing>", self.points[-1][1]),
+            )
+            raise ConfigError(
+                f"teacher/student architecture mismatch at feature {label!r}: teacher {t_path} vs student {s_path}"
+            )
         self.weights = list(point_weights) if point_weights is not None else stage1_weights(self.points, config)
         if len(self.weights) != len(self.points):
-            raise ConfigError(f"point_weights needs {len(self.points)} values (one per feature point "
-                              f"{[p for p, _ in self.points]}), got {len(self.weights)}")
+            raise ConfigError(
+                f"point_weights needs {len(self.points)} values (one per feature point "
+                f"{[p for p, _ in self.points]}), got {len(self.weights)}"
+            )
         self.t_taps = FeatureTaps(teacher, self.points, "teacher") if config.feature else None
         self.s_taps = FeatureTaps(student, self.points, "student") if config.feature else None
         self._checked = False
@@ -196,8 +207,12 @@ class DistillLoss:
 
 def soft_logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """``KL(p_teacher ‖ p_student)`` of the softmax at ``temperature``, averaged over the batch."""
-    return F.kl_div(F.log_softmax(student_logits / temperature, -1), F.log_softmax(teacher_logits / temperature, -1),
-                    reduction="batchmean", log_target=True)
+    return F.kl_div(
+        F.log_softmax(student_logits / temperature, -1),
+        F.log_softmax(teacher_logits / temperature, -1),
+        reduction="batchmean",
+        log_target=True,
+    )
 
 
 def stage1_weights(points: list[tuple[str, str]], config: DistillConfig) -> list[float]:
@@ -210,8 +225,9 @@ def stage1_weights(points: list[tuple[str, str]], config: DistillConfig) -> list
 
 
 @torch.no_grad()
-def weight_factors(teacher: nn.Module, student: nn.Module, batches: Iterable[torch.Tensor],
-                   config: DistillConfig) -> list[float]:
+def weight_factors(
+    teacher: nn.Module, student: nn.Module, batches: Iterable[torch.Tensor], config: DistillConfig
+) -> list[float]:
     """Stage-2 feature weights ``W_j`` (Algorithm 1 line 22) from the stage-1 models.
 
     ``W_j = w_j·MSE_j / L_feature`` with ``w = (1, θ_1..θ_K, 1)`` and ``L_feature = Σ_j w_j·MSE_j``,
@@ -221,8 +237,9 @@ def weight_factors(teacher: nn.Module, student: nn.Module, batches: Iterable[tor
     points = feature_points(student, config.vit_stages)
     if not config.weight_factors:
         return [1.0 / len(points)] * len(points)
-    loss = DistillLoss(teacher, student, DistillConfig(vit_stages=config.vit_stages,
-                                                       stage_factors=config.stage_factors))
+    loss = DistillLoss(
+        teacher, student, DistillConfig(vit_stages=config.vit_stages, stage_factors=config.stage_factors)
+    )
     was_training = student.training
     student.eval()
     totals = torch.zeros(len(points), dtype=torch.float64)

@@ -36,10 +36,14 @@ def qat_recipe(recipe: Recipe) -> Recipe:
 def check_sparse_recipe(recipe: Recipe) -> None:
     """A recipe that keeps pruned weights at exactly 0: symmetric weights (0 on the grid), no bias correction."""
     if recipe.weight.scheme != "symmetric":
-        raise ConfigError(f"weight scheme must be 'symmetric' for a sparse model (0 must stay 0), "
-                          f"got {recipe.weight.scheme!r}")
-    if any(dict(changes).get("scheme", "symmetric") != "symmetric" for p, changes in recipe.overrides
-           if p.endswith(".weight")):
+        raise ConfigError(
+            f"weight scheme must be 'symmetric' for a sparse model (0 must stay 0), got {recipe.weight.scheme!r}"
+        )
+    if any(
+        dict(changes).get("scheme", "symmetric") != "symmetric"
+        for p, changes in recipe.overrides
+        if p.endswith(".weight")
+    ):
         raise ConfigError("weight overrides of a sparse model must keep scheme 'symmetric'")
     if recipe.bias_correction:
         raise ConfigError("bias_correction must be false for a sparse model: it moves pruned weights off 0")

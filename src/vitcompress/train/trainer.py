@@ -81,8 +81,10 @@ class TrainConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.lr <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError(f"lr must be > 0 and min_lr, weight_decay, grad_clip >= 0, got {self.lr}, "
-                              f"{self.min_lr}, {self.weight_decay}, {self.grad_clip}")
+            raise ConfigError(
+                f"lr must be > 0 and min_lr, weight_decay, grad_clip >= 0, got {self.lr}, "
+                f"{self.min_lr}, {self.weight_decay}, {self.grad_clip}"
+            )
         if self.warmup_steps < 0 or self.checkpoint_every < 0:
             raise ConfigError("warmup_steps and checkpoint_every must be >= 0")
 
@@ -165,16 +167,127 @@ def _mean_logs(logs: list[dict], world: int) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
-def _save(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, seconds: float,
-          history: list, config: TrainConfig) -> None:
+def _save(
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    step: int,
+    seconds: float,
+    history: list,
+    config: TrainConfig,
+) -> None:
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                    "seconds": seconds, "history": history, "config": asdict(config)}, tmp)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "step": step,
+                "seconds": seconds,
+                "history": history,
+                "config": asdict(config),
+            },
+            tmp,
+        )
 
 
-def train(model: nn.Module, loss_fn: LossFn, dataset: Dataset, config: TrainConfig,
-          state_dir: str | Path | None = None, resume: bool = False,
-          after_backward: Callable[[nn.Module], None] | None = None, desc: str = "train") -> dict:
+class _Loop:
+    """The state of one run (optimizer, clocks, history) and its parts: resume, one step, log, checkpoint."""
+
+    def __init__(
+        self, model: nn.Module, dataset: Dataset, config: TrainConfig, state_dir: str | Path | None, desc: str
+    ):
+        self.rank, self.world = init_distributed()
+        if config.batch_size % self.world:
+            raise ConfigError(f"batch_size {config.batch_size} must be a multiple of the world size {self.world}")
+        self.model, self.dataset, self.config, self.desc = model, dataset, config, desc
+        self.state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
+        self.opt = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
+        self.start, self.seconds, self.history, self.window = 0, 0.0, [], []
+        self.gens = _augment_generators(dataset)
+        self.net = model
+
+    def resume(self) -> None:
+        """Load ``trainer_state.pt`` when present."""
+        if self.state_path is None or not self.state_path.is_file():
+            return
+        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.start, self.seconds, self.history = int(state["step"]), float(state["seconds"]), list(state["history"])
+        log.info("resuming %s from %s at step %d", self.desc, self.state_path, self.start)
+
+    def wrap_ddp(self) -> None:
+        if self.world > 1:
+            with warnings.catch_warnings():  # broadcast_buffers: buffers (masks, quantizer state) never change here
+                warnings.simplefilter("ignore", FutureWarning)
+                self.net = nn.parallel.DistributedDataParallel(
+                    self.model, broadcast_buffers=False, find_unused_parameters=self.config.find_unused_parameters
+                )
+
+    def step(self, step: int, loss_fn: LossFn, after_backward: Callable[[nn.Module], None] | None) -> None:
+        """One optimizer step; every random draw in it is seeded from ``(seed, step, rank)``."""
+        cfg, t0 = self.config, time.perf_counter()
+        stream = (cfg.seed * 1_000_003 + step) * 64 + self.rank  # every draw of this step: drop-path, augment
+        torch.manual_seed(stream)
+        for g in self.gens:
+            g.manual_seed(stream)
+        idx = step_indices(step, len(self.dataset), cfg.batch_size, cfg.seed)
+        x, y = _batch(self.dataset, idx.view(self.world, -1)[self.rank])  # (batch / world,) contiguous shards
+        lr = warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        loss, logs = loss_fn(self.net, x, y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if after_backward is not None:
+            after_backward(self.model)
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.seconds += time.perf_counter() - t0
+        self.window.append(logs)
+
+    def record(self, done: int, bar) -> None:
+        """Close the log window every ``log_every`` steps and at the end."""
+        cfg = self.config
+        if done % cfg.log_every and done != cfg.steps:
+            return
+        means = _mean_logs(self.window, self.world)
+        self.history.append({"step": done, **means})
+        self.window = []
+        bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()}, refresh=False)
+        if self.rank == 0 and done % (10 * cfg.log_every) == 0:
+            log.info(
+                "%s: step %d/%d %s (%.0f s)",
+                self.desc,
+                done,
+                cfg.steps,
+                " ".join(f"{k}={v:.4g}" for k, v in means.items()),
+                self.seconds,
+            )
+
+    def checkpoint(self, done: int, stop: bool) -> None:
+        """Save the state on a stop, at the end and every ``checkpoint_every`` steps (rank 0 writes)."""
+        every = self.config.checkpoint_every
+        if self.state_path is None or not (stop or done == self.config.steps or (every and done % every == 0)):
+            return
+        if self.rank == 0:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            _save(self.state_path, self.model, self.opt, done, self.seconds, self.history, self.config)
+        if self.world > 1:
+            dist.barrier()
+
+
+def train(
+    model: nn.Module,
+    loss_fn: LossFn,
+    dataset: Dataset,
+    config: TrainConfig,
+    state_dir: str | Path | None = None,
+    resume: bool = False,
+    after_backward: Callable[[nn.Module], None] | None = None,
+    desc: str = "train",
+) -> dict:
     """Train ``model`` in place for ``config.steps`` steps.
 
     Args:
@@ -186,80 +299,35 @@ def train(model: nn.Module, loss_fn: LossFn, dataset: Dataset, config: TrainConf
         resume: continue from ``state_dir/trainer_state.pt`` if present.
         after_backward: called with the plain model after the gradients are averaged, before clipping
             (e.g. :func:`vitcompress.sparsity.mask_gradients_`).
+        desc: the progress bar's label (bars are switched off globally with ``TQDM_DISABLE=1``).
 
     Returns:
         ``{"steps", "seconds", "interrupted", "final": {loss means of the last log window},
         "history": [{"step": s, **means}, ...]}``.
     """
-    rank, world = init_distributed()
-    if config.batch_size % world:
-        raise ConfigError(f"batch_size {config.batch_size} must be a multiple of the world size {world}")
-    state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
-    opt = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
-    start, seconds, history = 0, 0.0, []
-    if resume and state_path is not None and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, seconds, history = int(state["step"]), float(state["seconds"]), list(state["history"])
-        log.info("resuming %s from %s at step %d", desc, state_path, start)
-    net = model
-    if world > 1:
-        with warnings.catch_warnings():  # broadcast_buffers: buffers (masks, quantizer state) never change here
-            warnings.simplefilter("ignore", FutureWarning)
-            net = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False,
-                                                      find_unused_parameters=config.find_unused_parameters)
-    gens = _augment_generators(dataset)
-    window: list[dict] = []
-    interrupted, done = False, start
+    run = _Loop(model, dataset, config, state_dir, desc)
+    if resume:
+        run.resume()
+    run.wrap_ddp()
+    interrupted, done = False, run.start
     model.train()
-    quiet = {"disable": True} if rank != 0 else {}  # one bar under DDP; otherwise TQDM_DISABLE decides
-    bar = tqdm(range(start, config.steps), desc=desc, mininterval=5.0, initial=start, total=config.steps, **quiet)
+    quiet = {"disable": True} if run.rank != 0 else {}  # one bar under DDP; otherwise TQDM_DISABLE decides
+    bar = tqdm(
+        range(run.start, config.steps), desc=desc, mininterval=5.0, initial=run.start, total=config.steps, **quiet
+    )
     with _Sigterm() as sigterm:
         for step in bar:
-            t0 = time.perf_counter()
-            stream = (config.seed * 1_000_003 + step) * 64 + rank  # every draw of this step: drop-path, augment
-            torch.manual_seed(stream)
-            for g in gens:
-                g.manual_seed(stream)
-            idx = step_indices(step, len(dataset), config.batch_size, config.seed)
-            shard = idx.view(world, -1)[rank]  # (batch / world,) contiguous shards
-            x, y = _batch(dataset, shard)
-            lr = warmup_cosine(step, config.steps, config.warmup_steps, config.lr, config.min_lr)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss, logs = loss_fn(net, x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if after_backward is not None:
-                after_backward(model)
-            if config.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
-            seconds += time.perf_counter() - t0
-            window.append(logs)
+            run.step(step, loss_fn, after_backward)
             done = step + 1
-            if done % config.log_every == 0 or done == config.steps:
-                means = _mean_logs(window, world)
-                history.append({"step": done, **means})
-                window = []
-                bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()}, refresh=False)
-                if rank == 0 and done % (10 * config.log_every) == 0:
-                    log.info("%s: step %d/%d %s (%.0f s)", desc, done, config.steps,
-                             " ".join(f"{k}={v:.4g}" for k, v in means.items()), seconds)
-            stop = _any_rank(sigterm.received, world)
-            if state_path is not None and (stop or done == config.steps or
-                                           (config.checkpoint_every and done % config.checkpoint_every == 0)):
-                if rank == 0:
-                    state_path.parent.mkdir(parents=True, exist_ok=True)
-                    _save(state_path, model, opt, done, seconds, history, config)
-                if world > 1:
-                    dist.barrier()
+            run.record(done, bar)
+            stop = _any_rank(sigterm.received, run.world)
+            run.checkpoint(done, stop)
             if stop:
                 interrupted = True
-                log.warning("%s: SIGTERM at step %d; state saved to %s", desc, done, state_path)
+                log.warning("%s: SIGTERM at step %d; state saved to %s", desc, done, run.state_path)
                 break
     bar.close()
     model.eval()
+    history = run.history
     final = {k: v for k, v in history[-1].items() if k != "step"} if history else {}
-    return {"steps": done, "seconds": seconds, "interrupted": interrupted, "final": final, "history": history}
+    return {"steps": done, "seconds": run.seconds, "interrupted": interrupted, "final": final, "history": history}

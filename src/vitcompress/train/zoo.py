@@ -36,10 +36,18 @@ def recipe_config(recipe: TrainRecipe, n_images: int, log_every: int = 50) -> Tr
     if per_epoch == 0:
         raise ConfigError(f"batch_size {recipe.batch_size} exceeds the training set size {n_images}")
     steps = recipe.epochs * per_epoch
-    return TrainConfig(steps=steps, batch_size=recipe.batch_size, lr=recipe.lr, min_lr=recipe.min_lr,
-                       weight_decay=recipe.weight_decay, warmup_steps=int(recipe.warmup_epochs * per_epoch),
-                       grad_clip=recipe.grad_clip, seed=recipe.seed, checkpoint_every=per_epoch,
-                       log_every=min(log_every, steps))
+    return TrainConfig(
+        steps=steps,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        min_lr=recipe.min_lr,
+        weight_decay=recipe.weight_decay,
+        warmup_steps=int(recipe.warmup_epochs * per_epoch),
+        grad_clip=recipe.grad_clip,
+        seed=recipe.seed,
+        checkpoint_every=per_epoch,
+        log_every=min(log_every, steps),
+    )
 
 
 def smoothed_cross_entropy(label_smoothing: float) -> LossFn:
@@ -52,8 +60,9 @@ def smoothed_cross_entropy(label_smoothing: float) -> LossFn:
     return loss_fn
 
 
-def train_with_recipe(model: nn.Module, train_set: Dataset, recipe: TrainRecipe, state_dir: str | Path | None,
-                      resume: bool = True) -> dict:
+def train_with_recipe(
+    model: nn.Module, train_set: Dataset, recipe: TrainRecipe, state_dir: str | Path | None, resume: bool = True
+) -> dict:
     """Train ``model`` in place on ``train_set`` following ``recipe`` (see the module docstring).
 
     Args:
@@ -64,12 +73,24 @@ def train_with_recipe(model: nn.Module, train_set: Dataset, recipe: TrainRecipe,
         :func:`~vitcompress.train.trainer.train`'s summary (``steps``, ``seconds``, ``final``, ``history``, ...).
     """
     config = recipe_config(recipe, len(train_set))
-    return train(model, smoothed_cross_entropy(recipe.label_smoothing), train_set, config, state_dir=state_dir,
-                 resume=resume, desc="zoo train")
+    return train(
+        model,
+        smoothed_cross_entropy(recipe.label_smoothing),
+        train_set,
+        config,
+        state_dir=state_dir,
+        resume=resume,
+        desc="zoo train",
+    )
 
 
-def train_zoo_model(name: str, state_dir: str | Path, data_root: str | None = None,
-                    out_dir: str | Path | None = None, resume: bool = True) -> dict:
+def train_zoo_model(
+    name: str,
+    state_dir: str | Path,
+    data_root: str | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = True,
+) -> dict:
     """Train zoo model ``name`` with its recipe, then write ``<name>.safetensors`` and ``<name>.json``.
 
     Returns the manifest.
@@ -84,8 +105,10 @@ def train_zoo_model(name: str, state_dir: str | Path, data_root: str | None = No
     train_set = load_dataset(spec, "train", data_root, augment=True, seed=entry.recipe.seed)
     info = train_with_recipe(model, train_set, entry.recipe, state_dir, resume=resume)
     if info["interrupted"]:
-        raise TrainingInterrupted(f"training of {name} stopped by SIGTERM at step {info['steps']}; state saved in "
-                                  f"{state_dir}: run the same command again to resume")
+        raise TrainingInterrupted(
+            f"training of {name} stopped by SIGTERM at step {info['steps']}; state saved in "
+            f"{state_dir}: run the same command again to resume"
+        )
     out = Path(out_dir) if out_dir else entry.checkpoint.parent
     out.mkdir(parents=True, exist_ok=True)
     save_weights(model, out / f"{name}.safetensors")

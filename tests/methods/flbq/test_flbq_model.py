@@ -22,14 +22,23 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny_vit():
     torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
-                             num_classes=10).eval()
+    return timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10
+    ).eval()
 
 
 def tiny_swin():
     torch.manual_seed(0)
-    return timm.create_model("swin_tiny_patch4_window7_224", img_size=32, patch_size=2, window_size=4, embed_dim=16,
-                             depths=(2, 2), num_heads=(1, 2), num_classes=10).eval()
+    return timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        img_size=32,
+        patch_size=2,
+        window_size=4,
+        embed_dim=16,
+        depths=(2, 2),
+        num_heads=(1, 2),
+        num_classes=10,
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +78,11 @@ def test_units_cover_the_backbone_and_skip_the_head():
         assert sum(u.size for u in units) == n_backbone
     groups = weight_units(model, "group:8", ["blocks.0.attn.qkv"])
     assert [u.name for u in groups[:2]] == ["blocks.0.attn.qkv.g0", "blocks.0.attn.qkv.g1"] and len(groups) == 12
-    with pytest.raises(ConfigError, match=r"group size 7 does not divide the 96 output channels of layer "
-                                          r"'blocks.0.attn.qkv'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"group size 7 does not divide the 96 output channels of layer "
+        r"'blocks.0.attn.qkv'",
+    ):
         weight_units(model, "group:7", ["blocks.0.attn.qkv"])
     for bad in ("channel", "group:0", "group:x"):
         with pytest.raises(ConfigError, match="unit must be 'layer' or 'group:G'"):
@@ -96,7 +108,7 @@ def test_curves_equal_a_full_rerun_of_the_model(build, unit, images):
             m = copy.deepcopy(model)
             w = m.get_submodule(u.layer).weight
             with torch.no_grad():
-                w[u.start:u.stop] = quantized_weight(w, b)[u.start:u.stop]
+                w[u.start : u.stop] = quantized_weight(w, b)[u.start : u.stop]
             with torch.no_grad():
                 got = m.forward_head(m.forward_features(images), pre_logits=True)
             full = float(((got - ref) ** 2).mean())
@@ -139,7 +151,7 @@ def test_plan_becomes_a_recipe_the_core_applies(images, tmp_path):
     points = dict(quantization_points(q))
     for u in units:
         got = points[f"{u.layer}.weight"].bits_per_channel(q.get_submodule(u.layer).weight.shape[0])
-        assert set(got[u.start:u.stop].tolist()) == {bits[u.name]}
+        assert set(got[u.start : u.stop].tolist()) == {bits[u.name]}
     assert set(points["head.weight"].bits_per_channel(10).tolist()) == {6.0}
     assert points["blocks.0.mlp.fc1.input"].spec.bits == 8
     save(q, tmp_path / "m")
@@ -169,24 +181,28 @@ def test_allocate_bits_checks_given_curves(images):
 
 def test_allocate_bits_measures_the_curves_it_needs(images):
     model = tiny_vit()
-    plan = allocate_bits(model, [images], FLBQConfig(budget=3.0, unit="group:16", bits=(2, 4, 8), n_images=12,
-                                                     margin=1))
+    plan = allocate_bits(
+        model, [images], FLBQConfig(budget=3.0, unit="group:16", bits=(2, 4, 8), n_images=12, margin=1)
+    )
     curves = measure_curves(model, [images], "group:16", (2, 4, 8), n_images=12)
     assert plan.bits == dp_allocate(curves, 3.0, min_bits=2).bits and plan.min_bits == 2
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"budget": 0}, "budget must be a finite number > 0"),
-    ({"budget": 3, "unit": "channel"}, "unit must be 'layer' or 'group:G'"),
-    ({"budget": 3, "solver": "greedy"}, r"solver must be one of \['dp', 'lg'\]"),
-    ({"budget": 3, "bits": (1, 4)}, r"bits must be distinct integers in 2..8"),
-    ({"budget": 3, "min_bits": 2, "margin": 1}, "give min_bits or margin, not both"),
-    ({"budget": 3, "margin": -1}, "margin must be a finite number >= 0"),
-    ({"budget": 3, "n_images": 0}, "n_images must be an integer >= 1"),
-    ({"budget": 3, "act_bits": 9}, "act_bits must be one of"),
-    ({"budget": 3, "head_bits": 1}, "head_bits must be one of"),
-    ({"budget": 3, "eps": 0}, "eps must be a finite number > 0"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"budget": 0}, "budget must be a finite number > 0"),
+        ({"budget": 3, "unit": "channel"}, "unit must be 'layer' or 'group:G'"),
+        ({"budget": 3, "solver": "greedy"}, r"solver must be one of \['dp', 'lg'\]"),
+        ({"budget": 3, "bits": (1, 4)}, r"bits must be distinct integers in 2..8"),
+        ({"budget": 3, "min_bits": 2, "margin": 1}, "give min_bits or margin, not both"),
+        ({"budget": 3, "margin": -1}, "margin must be a finite number >= 0"),
+        ({"budget": 3, "n_images": 0}, "n_images must be an integer >= 1"),
+        ({"budget": 3, "act_bits": 9}, "act_bits must be one of"),
+        ({"budget": 3, "head_bits": 1}, "head_bits must be one of"),
+        ({"budget": 3, "eps": 0}, "eps must be a finite number > 0"),
+    ],
+)
 def test_config_validation_names_the_field(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         FLBQConfig(**kwargs)

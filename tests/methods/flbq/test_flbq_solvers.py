@@ -368,12 +368,7 @@ def test_cli_json_output(tmp_path, capsys, solver):
 def test_cli_table_margin_and_infeasible(tmp_path, capsys):
     curves = geometric_curves(5, seed=7)
     curves.to_json(tmp_path / "curves.json")
-    assert (
-        _cli(
-            ["--curves", str(tmp_path / "curves.json"), "--budget", "3.5", "--solver", "dp", "--margin", "1"]
-        )
-        == 0
-    )
+    assert _cli(["--curves", str(tmp_path / "curves.json"), "--budget", "3.5", "--solver", "dp", "--margin", "1"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("DP: 3.") and "min bits 3" in out and all(n in out for n in curves.names)
     with pytest.raises(ConfigError, match=r"outside the feasible range \[2.0000, 8.0000\]"):

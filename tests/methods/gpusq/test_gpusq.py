@@ -22,8 +22,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny_vit():
     torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
-                             depth=2, num_heads=2, num_classes=10)
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=10,
+    )
 
 
 def data(n=32):
@@ -114,8 +122,14 @@ def test_sigterm_in_stage_1_stops_before_stage_2_and_resumes(tmp_path, monkeypat
     monkeypatch.setattr(gpusq, "mask_gradients_", mask_then_sigterm)
     stages = []
     with pytest.raises(TrainingInterrupted, match="stage 1 .* at step 1"):
-        gpusq_(tiny_vit(), data(), data(), tiny_config("gpusq-int8"), state_dir=tmp_path,
-               on_stage=lambda s, m: stages.append(s))
+        gpusq_(
+            tiny_vit(),
+            data(),
+            data(),
+            tiny_config("gpusq-int8"),
+            state_dir=tmp_path,
+            on_stage=lambda s, m: stages.append(s),
+        )
     assert stages == [] and (tmp_path / "prune" / "trainer_state.pt").is_file()
     monkeypatch.setattr(gpusq, "mask_gradients_", real)
     res = gpusq_(tiny_vit(), data(), data(), tiny_config("gpusq-int8"), state_dir=tmp_path, resume=True)
@@ -126,8 +140,18 @@ def test_quant_recipe_fits_swin_and_8bit_edges():
     from vitcompress.nn.convert import prepare
 
     torch.manual_seed(0)
-    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=32, patch_size=2, in_chans=1,
-                             embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4, num_classes=10)
+    swin = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=2,
+        in_chans=1,
+        embed_dim=16,
+        depths=(1, 1),
+        num_heads=(1, 2),
+        window_size=4,
+        num_classes=10,
+    )
     recipe = gpusq_quant_recipe(4, "gpusq-int4")
     assert recipe.overrides == EDGE_8BIT  # the one 8-bit edge list of every preset
     prepare(swin, recipe)  # Swin's head is head.fc

@@ -19,5 +19,14 @@ from vitcompress.methods.evolq.fitness import fitness_fn, infonce
 from vitcompress.methods.evolq.search import EvolQResult, evolq_
 from vitcompress.methods.evolq.step import evolq_step
 
-__all__ = ["BLOCK_ORDERS", "FITNESSES", "TARGETS", "EvolQConfig", "EvolQResult", "evolq_", "evolq_step", "fitness_fn",
-           "infonce"]
+__all__ = [
+    "BLOCK_ORDERS",
+    "FITNESSES",
+    "TARGETS",
+    "EvolQConfig",
+    "EvolQResult",
+    "evolq_",
+    "evolq_step",
+    "fitness_fn",
+    "infonce",
+]

@@ -79,8 +79,9 @@ class EvolQConfig:
         one_of("mutation_mode", self.mutation_mode, MUTATION_MODES)
         targets = tuple(self.targets) if isinstance(self.targets, (list, tuple)) else self.targets
         if not isinstance(targets, tuple) or not targets or len(set(targets)) != len(targets):
-            raise ConfigError(f"targets must be a non-empty list of distinct layers from {list(TARGETS)}, "
-                              f"got {self.targets!r}")
+            raise ConfigError(
+                f"targets must be a non-empty list of distinct layers from {list(TARGETS)}, got {self.targets!r}"
+            )
         for t in targets:
             one_of("targets", t, TARGETS)
         object.__setattr__(self, "targets", targets)
@@ -119,4 +120,3 @@ class EvolQConfig:
         if isinstance(kwargs.get("recipe"), dict):
             kwargs["recipe"] = Recipe.from_dict(kwargs["recipe"])
         return cls(**kwargs)
-

@@ -22,8 +22,10 @@ FitnessFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def infonce(z_q: torch.Tensor, z_fp: torch.Tensor, temperature: float = 3.0) -> torch.Tensor:
     """Contrastive loss of (N, K) quantized logits against (N, K) float logits; needs N >= 2."""
     if z_q.shape[0] < 2:
-        raise ConfigError(f"infoNCE fitness needs at least 2 images per batch (the negatives), got batch size "
-                          f"{z_q.shape[0]}; use a batch_size >= 2 or another fitness")
+        raise ConfigError(
+            f"infoNCE fitness needs at least 2 images per batch (the negatives), got batch size "
+            f"{z_q.shape[0]}; use a batch_size >= 2 or another fitness"
+        )
     q, k = F.normalize(z_q.float(), dim=1), F.normalize(z_fp.float(), dim=1)
     logits = q @ k.T / temperature  # (N, N): row i, column j = similarity of quantized i to float j
     return F.cross_entropy(logits, torch.arange(len(q))) * (2 * temperature)
@@ -41,8 +43,9 @@ def cosine(z_q: torch.Tensor, z_fp: torch.Tensor) -> torch.Tensor:
 
 def kl(z_q: torch.Tensor, z_fp: torch.Tensor) -> torch.Tensor:
     """KL(softmax(z_fp) ‖ softmax(z_q)), mean over images."""
-    return F.kl_div(F.log_softmax(z_q.float(), 1), F.log_softmax(z_fp.float(), 1), log_target=True,
-                    reduction="batchmean")
+    return F.kl_div(
+        F.log_softmax(z_q.float(), 1), F.log_softmax(z_fp.float(), 1), log_target=True, reduction="batchmean"
+    )
 
 
 def fitness_fn(name: str, temperature: float = 3.0) -> FitnessFn:

@@ -9,8 +9,13 @@ from typing import Any
 PASSES_CHART = "evolq_passes.png"
 
 
-def passes_chart(path: str | Path, title: str, runs: Sequence[dict[str, Any]], top1_label: str = "top-1 (%)",
-                 fitness: str = "infoNCE") -> None:
+def passes_chart(
+    path: str | Path,
+    title: str,
+    runs: Sequence[dict[str, Any]],
+    top1_label: str = "top-1 (%)",
+    fitness: str = "infoNCE",
+) -> None:
     """Top-1 (left, where the history has it) and calibration fitness minus its start (right) per pass.
 
     Args:
@@ -24,6 +29,7 @@ def passes_chart(path: str | Path, title: str, runs: Sequence[dict[str, Any]], t
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from vitcompress.report.charts import save_figure
 
@@ -34,12 +40,16 @@ def passes_chart(path: str | Path, title: str, runs: Sequence[dict[str, Any]], t
         h = run["history"]
         if a1 is not None:
             a1.plot([e["pass"] for e in h], [e["top1"] for e in h], marker="o", ms=3, label=run["label"])
-        a2.plot([e["pass"] for e in h], [e["fitness"] - h[0]["fitness"] for e in h], marker="o", ms=3,
-                label=run["label"])
+        a2.plot(
+            [e["pass"] for e in h], [e["fitness"] - h[0]["fitness"] for e in h], marker="o", ms=3, label=run["label"]
+        )
     a2.set_xlabel("pass")
     a2.set_ylabel(f"{fitness} fitness − PTQ fitness")
     a2.set_title(f"{title}: calibration fitness vs pass")
     a2.grid(alpha=0.3)
+    for a in (a1, a2):
+        if a is not None:
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
     if a1 is not None:
         a1.set_xlabel("pass")
         a1.set_ylabel(top1_label)

@@ -78,17 +78,25 @@ class EvolQResult:
             owner, point = name.rsplit(".", 1)
             qz = modules.get(f"{owner}.{point}_quantizer")
             if not isinstance(qz, UniformQuantizer) or qz.scale.shape != scale.shape:
-                raise StateError(f"Evol-Q scales do not fit this model: no quantizer {name} of shape "
-                                 f"{tuple(scale.shape)}")
+                raise StateError(
+                    f"Evol-Q scales do not fit this model: no quantizer {name} of shape {tuple(scale.shape)}"
+                )
             with torch.no_grad():
                 qz.scale.copy_(scale)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no tensors)."""
-        return {"config": self.config.to_dict(), "history": self.history, "fitness_before": self.fitness_before,
-                "fitness_after": self.fitness_after, "evaluations": self.evaluations, "seconds": self.seconds,
-                "resumed": self.resumed, "blocks": self.blocks, "searched_scales": sum(
-                    t.numel() for t in self.scales.values())}
+        return {
+            "config": self.config.to_dict(),
+            "history": self.history,
+            "fitness_before": self.fitness_before,
+            "fitness_after": self.fitness_after,
+            "evaluations": self.evaluations,
+            "seconds": self.seconds,
+            "resumed": self.resumed,
+            "blocks": self.blocks,
+            "searched_scales": sum(t.numel() for t in self.scales.values()),
+        }
 
 
 @dataclass
@@ -106,7 +114,7 @@ class _Block:
         with torch.no_grad():
             for _, q in self.quantizers:
                 n = q.scale.numel()
-                q.scale.copy_(values[offset: offset + n].reshape(q.scale.shape))
+                q.scale.copy_(values[offset : offset + n].reshape(q.scale.shape))
                 offset += n
 
 
@@ -148,8 +156,10 @@ def _blocks(model: nn.Module, chain: Chain, config: EvolQConfig) -> list[_Block]
         else:
             log.info("Evol-Q: block %s has no enabled uniform scales among %s; skipped", name, config.targets)
     if not blocks:
-        raise ConfigError(f"targets {list(config.targets)} hold no enabled uniform weight quantizer in any block: "
-                          f"nothing for Evol-Q to search")
+        raise ConfigError(
+            f"targets {list(config.targets)} hold no enabled uniform weight quantizer in any block: "
+            f"nothing for Evol-Q to search"
+        )
     if config.block_order == "last_to_first":
         blocks.reverse()
     return blocks
@@ -160,9 +170,11 @@ def _calib_batches(calib: Any, config: EvolQConfig) -> list[torch.Tensor]:
     if config.fitness == "infonce":
         for i, x in enumerate(batches):
             if len(x) < 2:
-                raise ConfigError(f"infoNCE fitness needs at least 2 images per calibration batch (the other images "
-                                  f"are the negatives), but batch {i} has batch size {len(x)}; use a batch size "
-                                  f">= 2, a calib_size that leaves no single-image batch, or another fitness")
+                raise ConfigError(
+                    f"infoNCE fitness needs at least 2 images per calibration batch (the other images "
+                    f"are the negatives), but batch {i} has batch size {len(x)}; use a batch size "
+                    f">= 2, a calib_size that leaves no single-image batch, or another fitness"
+                )
     return batches
 
 
@@ -255,9 +267,39 @@ def _top1(model: nn.Module, eval_data: Any) -> float | None:
     return None if eval_data is None else evaluate(model, eval_data).top1
 
 
-def evolq_(model: nn.Module, calib: Dataset | DataLoader | Iterable, config: EvolQConfig | None = None, *,
-           eval_data: Dataset | DataLoader | Iterable | None = None, state_path: str | Path | None = None,
-           resume: bool = False, callback: Callback | None = None) -> EvolQResult:
+def _start(search: _Search, state_path: Path | None, resume: bool, prints: dict[str, str]) -> tuple:
+    """``(pass, block, fitness, history, seconds)`` to start from: a saved state's, or a new run's."""
+    if state_path is None or not state_path.exists():
+        if resume:
+            log.info("Evol-Q: no state at %s; starting a new run", state_path)
+        return 0, 0, None, [], 0.0
+    if not resume:
+        raise StateError(
+            f"an Evol-Q state exists at {state_path}: resume it (--resume / resume=True) or remove it to start over"
+        )
+    state = load_state(state_path, prints)
+    _restore(search, state)
+    search.evaluations = state["evaluations"]
+    log.info(
+        "Evol-Q: resuming %s at pass %d, block %d of %d",
+        state_path,
+        state["next_pass"] + 1,
+        state["next_block"] + 1,
+        len(search.blocks),
+    )
+    return state["next_pass"], state["next_block"], state["fitness"], state["history"], state["seconds"]
+
+
+def evolq_(
+    model: nn.Module,
+    calib: Dataset | DataLoader | Iterable,
+    config: EvolQConfig | None = None,
+    *,
+    eval_data: Dataset | DataLoader | Iterable | None = None,
+    state_path: str | Path | None = None,
+    resume: bool = False,
+    callback: Callback | None = None,
+) -> EvolQResult:
     """Refine the scales of a PTQ model in place with Evol-Q; return the scales and the history.
 
     Args:
@@ -289,38 +331,35 @@ def evolq_(model: nn.Module, calib: Dataset | DataLoader | Iterable, config: Evo
     search = _Search(model, config, batches)
     state_path = Path(state_path) if state_path is not None else None
     prints = fingerprints(model, recipe.to_dict(), config.search_dict(), batches)
-    start_pass, start_block, fitness, history, seconds_before = 0, 0, None, [], 0.0
-    resumed = False
-    if state_path is not None and state_path.exists():
-        if not resume:
-            raise StateError(f"an Evol-Q state exists at {state_path}: resume it (--resume / resume=True) or "
-                             f"remove it to start over")
-        state = load_state(state_path, prints)
-        _restore(search, state)
-        start_pass, start_block = state["next_pass"], state["next_block"]
-        fitness, history, seconds_before = state["fitness"], state["history"], state["seconds"]
-        search.evaluations = state["evaluations"]
-        resumed = True
-        log.info("Evol-Q: resuming %s at pass %d, block %d of %d", state_path, start_pass + 1, start_block + 1,
-                 len(search.blocks))
-    elif resume:
-        log.info("Evol-Q: no state at %s; starting a new run", state_path)
+    start_pass, start_block, fitness, history, seconds_before = _start(search, state_path, resume, prints)
+    resumed = bool(history)
 
     def save(next_pass: int, next_block: int) -> None:
         if state_path is None:
             return
-        save_state(state_path, {
-            "fingerprints": prints, "next_pass": next_pass, "next_block": next_block, "fitness": fitness,
-            "history": history, "scales": _scales(search), "generator": search.generator.get_state(),
-            "evaluations": search.evaluations, "seconds": seconds_before + time.perf_counter() - t0})
+        save_state(
+            state_path,
+            {
+                "fingerprints": prints,
+                "next_pass": next_pass,
+                "next_block": next_block,
+                "fitness": fitness,
+                "history": history,
+                "scales": _scales(search),
+                "generator": search.generator.get_state(),
+                "evaluations": search.evaluations,
+                "seconds": seconds_before + time.perf_counter() - t0,
+            },
+        )
 
     n = len(search.blocks)
     if not history:
         fitness = search.cache_inputs()
         history.append({"pass": 0, "fitness": fitness, "top1": _top1(model, eval_data), "seconds": 0.0})
         log.info("Evol-Q start (PTQ): fitness %.6f%s", fitness, _fmt_top1(history[0]["top1"]))
-    bar = tqdm(total=config.passes * n, initial=min(start_pass * n + start_block, config.passes * n),
-               desc="evolq", leave=False)
+    bar = tqdm(
+        total=config.passes * n, initial=min(start_pass * n + start_block, config.passes * n), desc="evolq", leave=False
+    )
     try:
         for p in range(start_pass, config.passes):
             first = start_block if p == start_pass else 0
@@ -337,16 +376,29 @@ def evolq_(model: nn.Module, calib: Dataset | DataLoader | Iterable, config: Evo
                 if callback is not None:
                     callback({"pass": p + 1, "block": search.blocks[k].name, "fitness": fitness})
             top1 = _top1(model, eval_data)
-            history.append({"pass": p + 1, "fitness": fitness, "top1": top1,
-                            "seconds": seconds_before + time.perf_counter() - t0})
-            log.info("Evol-Q pass %d/%d: fitness %.6f%s (%.1f s)", p + 1, config.passes, fitness, _fmt_top1(top1),
-                     history[-1]["seconds"])
+            history.append(
+                {"pass": p + 1, "fitness": fitness, "top1": top1, "seconds": seconds_before + time.perf_counter() - t0}
+            )
+            log.info(
+                "Evol-Q pass %d/%d: fitness %.6f%s (%.1f s)",
+                p + 1,
+                config.passes,
+                fitness,
+                _fmt_top1(top1),
+                history[-1]["seconds"],
+            )
             save(p + 1, 0)
     finally:
         bar.close()
-    return EvolQResult(scales=_scales(search), history=history, config=config, evaluations=search.evaluations,
-                       seconds=seconds_before + time.perf_counter() - t0, resumed=resumed,
-                       blocks=[b.name for b in search.blocks])
+    return EvolQResult(
+        scales=_scales(search),
+        history=history,
+        config=config,
+        evaluations=search.evaluations,
+        seconds=seconds_before + time.perf_counter() - t0,
+        resumed=resumed,
+        blocks=[b.name for b in search.blocks],
+    )
 
 
 def _restore(search: _Search, state: dict[str, Any]) -> None:

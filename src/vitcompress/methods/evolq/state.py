@@ -21,8 +21,13 @@ from vitcompress.io import atomic_path
 from vitcompress.quant import Quantizer
 
 STATE_VERSION = 1
-_KINDS = {"weights": "model weights", "recipe": "quantization recipe", "ptq": "PTQ quantization parameters",
-          "config": "Evol-Q config", "calib": "calibration images"}
+_KINDS = {
+    "weights": "model weights",
+    "recipe": "quantization recipe",
+    "ptq": "PTQ quantization parameters",
+    "config": "Evol-Q config",
+    "calib": "calibration images",
+}
 
 
 def _digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
@@ -36,8 +41,12 @@ def _digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
 
 def fingerprints(model: nn.Module, recipe: dict, config: dict, calib: list[torch.Tensor]) -> dict[str, str]:
     """sha256 of each thing a run depends on (call before the search changes any scale)."""
-    quant_buffers = [(f"{n}.{b}", t) for n, m in model.named_modules() if isinstance(m, Quantizer)
-                     for b, t in m.named_buffers(recurse=False)]
+    quant_buffers = [
+        (f"{n}.{b}", t)
+        for n, m in model.named_modules()
+        if isinstance(m, Quantizer)
+        for b, t in m.named_buffers(recurse=False)
+    ]
     text = [("recipe", repr(sorted(recipe.items()))), ("config", repr(sorted(config.items())))]
     return {
         "weights": _digest(model.named_parameters()),
@@ -65,6 +74,8 @@ def load_state(path: Path, expected: dict[str, str]) -> dict[str, Any]:
         raise StateError(f"{path} is not an Evol-Q state (version {STATE_VERSION})")
     for key, label in _KINDS.items():
         if state["fingerprints"].get(key) != expected[key]:
-            raise StateError(f"Evol-Q state {path} was written for different {label}; resume only the same "
-                             f"run (same model, recipe, calibration and config), or remove the state to start over")
+            raise StateError(
+                f"Evol-Q state {path} was written for different {label}; resume only the same "
+                f"run (same model, recipe, calibration and config), or remove the state to start over"
+            )
     return state

@@ -22,28 +22,51 @@ from vitcompress.result import Result
 STATE_FILE = "evolq_state.pt"  # in the job's folder (the name runs written before kept)
 
 
-def _ptq(model: nn.Module, config: EvolQConfig, calib: Any) -> float | None:
-    """Quantize a float ``model`` with ``config.recipe``; the seconds it took (None: quantized already)."""
+def check_model(model: nn.Module, config: EvolQConfig) -> bool:
+    """Whether ``model`` must be quantized with ``config.recipe`` first (it is float).
+
+    Raises:
+        ConfigError: a float model and no recipe, or a model quantized with another recipe.
+    """
     try:
         current = recipe_of(model)
     except StateError:
         current = None
     if current is None:
         if config.recipe is None:
-            raise ConfigError("recipe: Evol-Q refines a quantized model; give the recipe to quantize this float "
-                              "model with first (recipe=..., --recipe NAME|FILE)")
-        t0 = time.perf_counter()
-        quantize_(model, config.recipe, calib)
-        return time.perf_counter() - t0
+            raise ConfigError(
+                "recipe: Evol-Q refines a quantized model; give the recipe to quantize this float "
+                "model with first (recipe=..., --recipe NAME|FILE)"
+            )
+        return True
     if config.recipe is not None and config.recipe.to_dict() != current.to_dict():
-        raise ConfigError(f"recipe: the model is quantized with recipe {current.name!r} already, not with "
-                          f"{config.recipe.name!r}; leave the recipe out to refine it as it is")
-    return None
+        raise ConfigError(
+            f"recipe: the model is quantized with recipe {current.name!r} already, not with "
+            f"{config.recipe.name!r}; leave the recipe out to refine it as it is"
+        )
+    return False
 
 
-@register(EvolQConfig, "evolq", calib_size=1000)
-def evolq_step(model: nn.Module, config: EvolQConfig, calib: Any, *, train_data: Any = None, eval_data: Any = None,
-               state_dir: str | Path | None = None, resume: bool = False) -> Result:
+def _ptq(model: nn.Module, config: EvolQConfig, calib: Any) -> float | None:
+    """Quantize a float ``model`` with ``config.recipe``; the seconds it took (None: quantized already)."""
+    if not check_model(model, config):
+        return None
+    t0 = time.perf_counter()
+    quantize_(model, config.recipe, calib)
+    return time.perf_counter() - t0
+
+
+@register(EvolQConfig, "evolq", calib_size=1000, check=check_model)
+def evolq_step(
+    model: nn.Module,
+    config: EvolQConfig,
+    calib: Any,
+    *,
+    train_data: Any = None,
+    eval_data: Any = None,
+    state_dir: str | Path | None = None,
+    resume: bool = False,
+) -> Result:
     """PTQ (for a float model) then Evol-Q, in place.
 
     The state is ``state_dir/evolq_state.pt`` (``resume`` continues it). Metrics: ``ptq_top1`` (top-1
@@ -64,6 +87,5 @@ def evolq_step(model: nn.Module, config: EvolQConfig, calib: Any, *, train_data:
     files = {}
     if len(result.history) > 1:
         runs = [{"label": f"{recipe_of(model).name}, seed {config.seed}", "history": result.history}]
-        files[PASSES_CHART] = lambda path: passes_chart(path, "Evol-Q", runs, "evaluation top-1 (%)",
-                                                        config.fitness)
+        files[PASSES_CHART] = lambda path: passes_chart(path, "Evol-Q", runs, "evaluation top-1 (%)", config.fitness)
     return Result(model, "evolq", config, metrics=metrics, plan=result, files=files, report=report_section(summary))

@@ -25,8 +25,10 @@ def check_curves_match(curves: Curves, model: nn.Module, unit: str, exclude: tup
     got = {u.name: u.size for u in curves.units}
     for name in list(expected) + list(got):
         if expected.get(name) != got.get(name):
-            raise ConfigError(f"curves do not match the model's {unit!r} units: unit {name!r} has size "
-                              f"{got.get(name)} in the curves and {expected.get(name)} in the model")
+            raise ConfigError(
+                f"curves do not match the model's {unit!r} units: unit {name!r} has size "
+                f"{got.get(name)} in the curves and {expected.get(name)} in the model"
+            )
 
 
 def config_curves(model: nn.Module, calib: Iterable | None, config: FLBQConfig, info: dict | None = None) -> Curves:
@@ -37,12 +39,19 @@ def config_curves(model: nn.Module, calib: Iterable | None, config: FLBQConfig, 
     """
     if calib is None:
         raise ConfigError("calib is required to measure the distortion curves (or pass curves=)")
-    return measure_curves(model, calib, config.unit, config.bits, config.target, config.n_images,
-                          exclude=config.exclude, info=info)
+    return measure_curves(
+        model, calib, config.unit, config.bits, config.target, config.n_images, exclude=config.exclude, info=info
+    )
 
 
-def allocate_bits(model: nn.Module, calib: Iterable | None, config: FLBQConfig, *, curves: Curves | None = None,
-                  solver: str | None = None) -> BitPlan:
+def allocate_bits(
+    model: nn.Module,
+    calib: Iterable | None,
+    config: FLBQConfig,
+    *,
+    curves: Curves | None = None,
+    solver: str | None = None,
+) -> BitPlan:
     """Choose a weight bit width per unit of ``model``'s backbone under ``config.budget``.
 
     Args:
@@ -64,5 +73,4 @@ def allocate_bits(model: nn.Module, calib: Iterable | None, config: FLBQConfig, 
         curves = config_curves(model, calib, config)
     else:
         check_curves_match(curves, model, config.unit, config.exclude)
-    return solve(curves, config.budget, config.solver, min_bits=config.min_bits, margin=config.margin,
-                 eps=config.eps)
+    return solve(curves, config.budget, config.solver, min_bits=config.min_bits, margin=config.margin, eps=config.eps)

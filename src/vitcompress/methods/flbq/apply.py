@@ -53,8 +53,9 @@ def plan_layers(plan: BitPlan, model: nn.Module) -> dict[str, list[int]]:
             continue
         m = _GROUP_NAME.fullmatch(name)
         if not m or _layer_weight(model, m.group(1)) is None:
-            raise ConfigError(f"plan unit {name!r} is neither a Linear/Conv layer of the model nor a group "
-                              f"'<layer>.g<i>' of one")
+            raise ConfigError(
+                f"plan unit {name!r} is neither a Linear/Conv layer of the model nor a group '<layer>.g<i>' of one"
+            )
         layers.setdefault(m.group(1), {})[int(m.group(2))] = b
     out = {}
     for layer, units in layers.items():
@@ -65,14 +66,17 @@ def plan_layers(plan: BitPlan, model: nn.Module) -> dict[str, list[int]]:
             continue
         n, rows = len(units), _layer_weight(model, layer)
         if sorted(units) != list(range(n)) or rows % n:
-            raise ConfigError(f"plan groups of layer {layer!r} must be g0..g{{k-1}} with k dividing its {rows} "
-                              f"output channels, got {sorted(units)}")
+            raise ConfigError(
+                f"plan groups of layer {layer!r} must be g0..g{{k-1}} with k dividing its {rows} "
+                f"output channels, got {sorted(units)}"
+            )
         out[layer] = [units[i] for i in range(n)]
     return out
 
 
-def plan_to_recipe(plan: BitPlan, model: nn.Module, base: Recipe | None = None, head_bits: int = 8,
-                   name: str | None = None) -> Recipe:
+def plan_to_recipe(
+    plan: BitPlan, model: nn.Module, base: Recipe | None = None, head_bits: int = 8, name: str | None = None
+) -> Recipe:
     """The recipe that quantizes ``model``'s weights as ``plan`` says.
 
     Args:
@@ -91,8 +95,18 @@ def plan_to_recipe(plan: BitPlan, model: nn.Module, base: Recipe | None = None, 
             overrides.append((f"{layer}.weight", {"bits": bits[0], "granularity": "channel", "observer": "mse"}))
             continue
         per_channel = [b for b in bits for _ in range(_layer_weight(model, layer) // len(bits))]
-        overrides.append((f"{layer}.weight", {"bits": max(bits), "granularity": "group", "group_size": 1,
-                                              "group_bits": per_channel, "observer": "mse"}))
+        overrides.append(
+            (
+                f"{layer}.weight",
+                {
+                    "bits": max(bits),
+                    "granularity": "group",
+                    "group_size": 1,
+                    "group_bits": per_channel,
+                    "observer": "mse",
+                },
+            )
+        )
     QuantSpec(head_bits, "symmetric", "channel")  # validates head_bits (names the field)
     overrides += [(f"{h}.weight", {"bits": head_bits}) for h in classifier_layers(model) if h not in plan.bits]
     recipe = replace(base, name=name or f"flbq-{plan.solver}-{plan.budget:g}", weight=weight)

@@ -31,10 +31,12 @@ MAX_TABLE_ROWS = 64
 def summary(result) -> str:
     """The line ``vitcompress compress flbq`` prints at the end."""
     m = result.metrics
-    return (f"{m['model']}: {m['avg_bits']:.3f} bits ({result.config.solver.upper()}, {m['units']} units), top-1 "
-            f"{m['fp_top1']:.2f} -> {m['q_top1']:.2f} ({m['q_top1'] - m['fp_top1']:+.2f} pt), distortion "
-            f"predicted {m['predicted_distortion']:.4g} / measured {m['measured_distortion']:.4g}, size "
-            f"{m['fp_size_bytes']:,} -> {m['size_bytes']:,} bytes; outputs in {result.out}")
+    return (
+        f"{m['model']}: {m['avg_bits']:.3f} bits ({result.config.solver.upper()}, {m['units']} units), top-1 "
+        f"{m['fp_top1']:.2f} -> {m['q_top1']:.2f} ({m['q_top1'] - m['fp_top1']:+.2f} pt), distortion "
+        f"predicted {m['predicted_distortion']:.4g} / measured {m['measured_distortion']:.4g}, size "
+        f"{m['fp_size_bytes']:,} -> {m['size_bytes']:,} bytes; outputs in {result.out}"
+    )
 
 
 COMMAND = MethodCommand(

@@ -40,6 +40,42 @@ def _is_list(x: Any) -> bool:
     return isinstance(x, Sequence | np.ndarray) and not isinstance(x, str | bytes)
 
 
+def _check_lists(where: str, bits: Any, distortion: Any) -> tuple[list, list]:
+    """``bits`` (distinct integers >= 1) and ``distortion`` (finite numbers) of equal, non-zero length."""
+    if not _is_list(bits):
+        raise ConfigError(f"{where}: bits must be a list of integers, got {bits!r}")
+    if not _is_list(distortion):
+        raise ConfigError(f"{where}: distortion must be a list of numbers, got {distortion!r}")
+    bits, dist = list(bits), list(distortion)
+    if not bits:
+        raise ConfigError(f"{where}: bits must not be empty")
+    if len(bits) != len(dist):
+        raise ConfigError(
+            f"{where}: bits and distortion must have the same length, "
+            f"got {len(bits)} bits and {len(dist)} distortion values"
+        )
+    for b in bits:
+        if not _is_int(b) or b < 1:
+            raise ConfigError(f"{where}: bits must be integers >= 1, got {b!r}")
+    if len(set(bits)) != len(bits):
+        dup = sorted({b for b in bits if bits.count(b) > 1})
+        raise ConfigError(f"{where}: bits must be distinct, got duplicates {dup}")
+    for b, d in zip(bits, dist, strict=True):
+        if not isinstance(d, numbers.Real) or isinstance(d, bool) or not math.isfinite(d):
+            raise ConfigError(f"{where}: distortion at {b} bits must be finite, got {d!r}")
+    return bits, dist
+
+
+def _check_monotone(where: str, bits: list, dist: list, order: list[int]) -> None:
+    """More bits never add distortion (the solvers rely on it)."""
+    for lo, hi in zip(order, order[1:]):
+        if dist[hi] > dist[lo]:
+            raise ConfigError(
+                f"{where}: distortion must not increase with bits, got {dist[hi]!r} at {bits[hi]} bits "
+                f"> {dist[lo]!r} at {bits[lo]} bits"
+            )
+
+
 @dataclass(frozen=True)
 class UnitCurve:
     """The distortion curve of one unit.
@@ -64,34 +100,9 @@ class UnitCurve:
         where = f"unit {self.name!r}"
         if not _is_int(self.size) or self.size < 1:
             raise ConfigError(f"{where}: size must be an integer >= 1, got {self.size!r}")
-        if not _is_list(self.bits):
-            raise ConfigError(f"{where}: bits must be a list of integers, got {self.bits!r}")
-        if not _is_list(self.distortion):
-            raise ConfigError(f"{where}: distortion must be a list of numbers, got {self.distortion!r}")
-        bits, dist = list(self.bits), list(self.distortion)
-        if not bits:
-            raise ConfigError(f"{where}: bits must not be empty")
-        if len(bits) != len(dist):
-            raise ConfigError(
-                f"{where}: bits and distortion must have the same length, "
-                f"got {len(bits)} bits and {len(dist)} distortion values"
-            )
-        for b in bits:
-            if not _is_int(b) or b < 1:
-                raise ConfigError(f"{where}: bits must be integers >= 1, got {b!r}")
-        if len(set(bits)) != len(bits):
-            dup = sorted({b for b in bits if bits.count(b) > 1})
-            raise ConfigError(f"{where}: bits must be distinct, got duplicates {dup}")
-        for b, d in zip(bits, dist, strict=True):
-            if not isinstance(d, numbers.Real) or isinstance(d, bool) or not math.isfinite(d):
-                raise ConfigError(f"{where}: distortion at {b} bits must be finite, got {d!r}")
+        bits, dist = _check_lists(where, self.bits, self.distortion)
         order = sorted(range(len(bits)), key=bits.__getitem__)
-        for lo, hi in zip(order, order[1:]):  # more bits never add distortion (the solvers rely on it)
-            if dist[hi] > dist[lo]:
-                raise ConfigError(
-                    f"{where}: distortion must not increase with bits, got {dist[hi]!r} at {bits[hi]} bits "
-                    f"> {dist[lo]!r} at {bits[lo]} bits"
-                )
+        _check_monotone(where, bits, dist, order)
         object.__setattr__(self, "size", int(self.size))
         object.__setattr__(self, "bits", tuple(int(bits[i]) for i in order))
         object.__setattr__(self, "distortion", tuple(float(dist[i]) for i in order))

@@ -67,9 +67,17 @@ def check_bits(bits: Sequence[int]) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def measure_curves(model: nn.Module, calib: Iterable, unit: str = "layer", bits: Sequence[int] = DEFAULT_BITS,
-                   target: str = "pre_logits", n_images: int = 64, batch_size: int = 64,
-                   exclude: tuple[str, ...] = (), info: dict | None = None) -> Curves:
+def measure_curves(
+    model: nn.Module,
+    calib: Iterable,
+    unit: str = "layer",
+    bits: Sequence[int] = DEFAULT_BITS,
+    target: str = "pre_logits",
+    n_images: int = 64,
+    batch_size: int = 64,
+    exclude: tuple[str, ...] = (),
+    info: dict | None = None,
+) -> Curves:
     """The distortion curves of every backbone unit of a float timm ViT/DeiT/Swin.
 
     Args:
@@ -108,8 +116,10 @@ def measure_curves(model: nn.Module, calib: Iterable, unit: str = "layer", bits:
     for layer, layer_units in by_layer.items():
         step = chain.step_of(layer)
         if step is None:
-            raise ConfigError(f"layer {layer!r} does not run before the target {target!r}; exclude it "
-                              f"(exclude=... / it cannot change the target features)")
+            raise ConfigError(
+                f"layer {layer!r} does not run before the target {target!r}; exclude it "
+                f"(exclude=... / it cannot change the target features)"
+            )
         weight = model.get_submodule(layer).weight
         original = weight.detach().clone()
         try:
@@ -117,7 +127,7 @@ def measure_curves(model: nn.Module, calib: Iterable, unit: str = "layer", bits:
                 wq = quantized_weight(original, b, layer)
                 for u in layer_units:
                     weight.copy_(original)
-                    weight[u.start:u.stop] = wq[u.start:u.stop]
+                    weight[u.start : u.stop] = wq[u.start : u.stop]
                     dist[u.name].append(_feature_mse(chain, cached, step))
                     forwards += 1
                     bar.update()
@@ -126,11 +136,20 @@ def measure_curves(model: nn.Module, calib: Iterable, unit: str = "layer", bits:
     bar.close()
     curves, fixes, worst = _monotone_curves(units, bits, dist)
     seconds = time.perf_counter() - start
-    log.info("curves: %d units x %d bits, %d images, %d forwards, %.1f s; %d values made monotone (max %.2g rel)",
-             len(units), len(bits), len(x), forwards, seconds, fixes, worst)
+    log.info(
+        "curves: %d units x %d bits, %d images, %d forwards, %.1f s; %d values made monotone (max %.2g rel)",
+        len(units),
+        len(bits),
+        len(x),
+        forwards,
+        seconds,
+        fixes,
+        worst,
+    )
     if info is not None:
-        info.update(seconds=seconds, forwards=forwards, monotone_fixes=fixes, max_fix_rel=worst,
-                    images=len(x), units=len(units))
+        info.update(
+            seconds=seconds, forwards=forwards, monotone_fixes=fixes, max_fix_rel=worst, images=len(x), units=len(units)
+        )
     return curves
 
 
@@ -143,8 +162,9 @@ def _feature_mse(chain, cached, step: int) -> float:
     return total / count
 
 
-def _monotone_curves(units: list[WeightUnit], bits: tuple[int, ...],
-                     dist: dict[str, list[float]]) -> tuple[Curves, int, float]:
+def _monotone_curves(
+    units: list[WeightUnit], bits: tuple[int, ...], dist: dict[str, list[float]]
+) -> tuple[Curves, int, float]:
     out, fixes, worst = [], 0, 0.0
     for u in units:
         d = np.asarray(dist[u.name])
@@ -158,8 +178,9 @@ def _monotone_curves(units: list[WeightUnit], bits: tuple[int, ...],
 
 
 @torch.no_grad()
-def weight_only_distortion(qmodel: nn.Module, fp_model: nn.Module, images: torch.Tensor,
-                           target: str = "pre_logits") -> float:
+def weight_only_distortion(
+    qmodel: nn.Module, fp_model: nn.Module, images: torch.Tensor, target: str = "pre_logits"
+) -> float:
     """Measured distortion of a plan: the feature MSE of ``qmodel`` with only its weight quantizers
     on (activation quantizers off for the measurement, then back on), against ``fp_model``."""
     set_quantizers(qmodel, False, ACT_ROLES)

@@ -120,9 +120,7 @@ def _tables(curves: Curves, min_bits: int | None) -> _Tables:
     allowed = bits >= (min_bits or 1)  # also drops the 0 padding
     if not allowed.any(axis=1).all():
         u = curves.units[int(np.argmin(allowed.any(axis=1)))]
-        raise ConfigError(
-            f"unit {u.name!r}: no candidate bit width >= min_bits={min_bits} (bits {list(u.bits)})"
-        )
+        raise ConfigError(f"unit {u.name!r}: no candidate bit width >= min_bits={min_bits} (bits {list(u.bits)})")
     dist[~allowed] = np.inf
     first = np.argmax(allowed, axis=1)
     last = k - 1 - np.argmax(allowed[:, ::-1], axis=1)
@@ -167,8 +165,7 @@ class BitPlan:
         if self.solver not in ("lg", "dp"):
             raise ConfigError(f"BitPlan.solver must be one of ['dp', 'lg'], got {self.solver!r}")
         ok = isinstance(self.bits, Mapping) and all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-            for k, v in self.bits.items()
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in self.bits.items()
         )
         if not ok:
             raise ConfigError("BitPlan.bits must map unit names (str) to integer bit widths")
@@ -259,6 +256,20 @@ def _t_range_from_curves(t: _Tables, rate: np.ndarray) -> tuple[float, float]:
     return math.floor(math.log2(lo)) - 1.0, math.ceil(math.log2(hi)) + 1.0
 
 
+def _check_lg_args(eps: float, max_iter: int) -> None:
+    if not (isinstance(eps, int | float) and math.isfinite(eps) and eps >= 0):
+        raise ConfigError(f"eps must be a finite number >= 0, got {eps!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ConfigError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+
+
+def _given_t_range(t_range: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = (float(x) for x in t_range)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ConfigError(f"t_range must be two finite numbers lo < hi, got {t_range!r}")
+    return lo, hi
+
+
 def lagrangian_allocate(
     curves: Curves,
     budget: float,
@@ -300,19 +311,11 @@ def lagrangian_allocate(
     """
     start = time.perf_counter()
     exact_b = _check_budget(budget)
-    if not (isinstance(eps, int | float) and math.isfinite(eps) and eps >= 0):
-        raise ConfigError(f"eps must be a finite number >= 0, got {eps!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ConfigError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    _check_lg_args(eps, max_iter)
     t = _tables(curves, min_bits)
     _require_feasible(t, exact_b, min_bits)
     rate = (t.bits * t.sizes[:, None]).astype(np.float64)  # (U, K) b·n
-    if t_range is None:
-        lo, hi = _t_range_from_curves(t, rate)
-    else:
-        lo, hi = (float(x) for x in t_range)
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ConfigError(f"t_range must be two finite numbers lo < hi, got {t_range!r}")
+    lo, hi = _t_range_from_curves(t, rate) if t_range is None else _given_t_range(t_range)
     # Keep λ·b·n finite (λ = 2^t overflows past t ≈ 1024); below 2^−1074, λ is 0 (least distortion).
     t_cap = math.log2(1e300 / float(rate.max()))
     rows = np.arange(len(t.sizes))
@@ -541,8 +544,15 @@ def _knapsack_at_least(t: _Tables, gain: np.ndarray, need: int) -> np.ndarray:
 SOLVERS: dict[str, Callable[..., BitPlan]] = {"dp": dp_allocate, "lg": lagrangian_allocate}
 
 
-def solve(curves: Curves, budget: float, solver: str = "dp", *, min_bits: int | None = None,
-          margin: float | None = None, eps: float = 0.02) -> BitPlan:
+def solve(
+    curves: Curves,
+    budget: float,
+    solver: str = "dp",
+    *,
+    min_bits: int | None = None,
+    margin: float | None = None,
+    eps: float = 0.02,
+) -> BitPlan:
     """The plan of ``solver`` on ``curves`` at ``budget``: the one way every caller runs a solver.
 
     Args:

@@ -37,8 +37,16 @@ CURVES_FILE, CURVES_META = "curves.json", "curves.meta.json"
 
 
 @register(FLBQConfig, "flbq", calib_size=1000)
-def flbq(model: nn.Module, config: FLBQConfig, calib, *, train_data=None, eval_data=None,
-         state_dir: Path | None = None, resume: bool = False) -> Result:
+def flbq(
+    model: nn.Module,
+    config: FLBQConfig,
+    calib,
+    *,
+    train_data=None,
+    eval_data=None,
+    state_dir: Path | None = None,
+    resume: bool = False,
+) -> Result:
     """Allocate weight bits with F-LBQ and quantize ``model`` in place with the plan of ``config.solver``.
 
     Measures the distortion curves on the first ``config.n_images`` of ``calib`` (or reuses
@@ -50,7 +58,13 @@ def flbq(model: nn.Module, config: FLBQConfig, calib, *, train_data=None, eval_d
     Returns:
         A :class:`~vitcompress.result.Result` whose ``plan`` is the chosen :class:`BitPlan`; its files are
         ``plan.json``, ``plan_dp.json``, ``plan_lg.json`` and ``bits_per_layer.png`` (DP and LG per layer).
+
+    Raises:
+        ConfigError: no ``calib``, curves that do not fit the model, or a budget outside the feasible range.
+        StateError: the model is quantized already (curves are measured on the float model).
     """
+    if calib is None:
+        raise ConfigError("F-LBQ needs calibration images (the curves and the activation ranges are measured on them)")
     curves, info, reused = cached_curves(model, calib, config, state_dir)
     plans = solve_both(model, config, curves)
     plan = plans[config.solver]
@@ -62,12 +76,18 @@ def flbq(model: nn.Module, config: FLBQConfig, calib, *, train_data=None, eval_d
     ptq_seconds = time.perf_counter() - t0
     measured = weight_only_distortion(model, float_model, first_images(calib, config.n_images), config.target)
     metrics = {
-        "config": asdict(config), "units": len(curves), "avg_bits": plan.avg_bits,
-        "predicted_distortion": plan.distortion, "measured_distortion": measured,
+        "config": asdict(config),
+        "units": len(curves),
+        "avg_bits": plan.avg_bits,
+        "predicted_distortion": plan.distortion,
+        "measured_distortion": measured,
         "solver_seconds": {k: p.seconds for k, p in plans.items()},
         "plans": {k: {"avg_bits": p.avg_bits, "distortion": p.distortion} for k, p in plans.items()},
-        "curve_seconds": info.get("seconds"), "curve_monotone_fixes": info.get("monotone_fixes"),
-        "curves_reused": reused, "ptq_seconds": ptq_seconds, "layer_bits": bits,
+        "curve_seconds": info.get("seconds"),
+        "curve_monotone_fixes": info.get("monotone_fixes"),
+        "curves_reused": reused,
+        "ptq_seconds": ptq_seconds,
+        "layer_bits": bits,
     }
     title = f"{model_name(model)}: F-LBQ bits per layer at {config.budget:g} bits ({config.unit})"
     files: dict[str, Any] = {f"plan_{k}.json": p.to_dict() for k, p in plans.items()}
@@ -102,13 +122,21 @@ def curves_key(model: nn.Module, calib, config: FLBQConfig) -> dict[str, Any]:
         weights.update(name.encode())
         weights.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     images = first_images(calib, config.n_images).contiguous().numpy().tobytes()
-    return {"model": model_name(model), "unit": config.unit, "bits": list(config.bits), "n_images": config.n_images,
-            "target": config.target, "exclude": list(config.exclude), "weights": weights.hexdigest(),
-            "images": hashlib.sha256(images).hexdigest()}
+    return {
+        "model": model_name(model),
+        "unit": config.unit,
+        "bits": list(config.bits),
+        "n_images": config.n_images,
+        "target": config.target,
+        "exclude": list(config.exclude),
+        "weights": weights.hexdigest(),
+        "images": hashlib.sha256(images).hexdigest(),
+    }
 
 
-def cached_curves(model: nn.Module, calib, config: FLBQConfig,
-                  state_dir: Path | None) -> tuple[Curves, dict[str, Any], bool]:
+def cached_curves(
+    model: nn.Module, calib, config: FLBQConfig, state_dir: Path | None
+) -> tuple[Curves, dict[str, Any], bool]:
     """(curves, measurement info, whether they were reused from ``state_dir``)."""
     if state_dir is None:
         info: dict[str, Any] = {}
@@ -143,8 +171,7 @@ def flbq_report(config: FLBQConfig, m: dict[str, Any]) -> str:
     source = "reused from curves.json" if m["curves_reused"] else f"{m['curve_seconds'] or 0:.1f} s"
     lines = [
         "",
-        f"## F-LBQ bit allocation: budget {config.budget:g} bits, unit `{config.unit}`, solver "
-        f"{config.solver.upper()}",
+        f"## F-LBQ bit allocation: budget {config.budget:g} bits, unit `{config.unit}`, solver {config.solver.upper()}",
         "",
         f"{m['units']} units; curves from {config.n_images} calibration images ({source}); activations at "
         f"{config.act_bits} bit, classifier weights at {config.head_bits} bit.",
@@ -155,13 +182,18 @@ def flbq_report(config: FLBQConfig, m: dict[str, Any]) -> str:
         f"| predicted feature distortion (Σ D_u) | {m['predicted_distortion']:.4g} |",
         f"| measured feature distortion (weights only) | {m['measured_distortion']:.4g} |",
         "",
-        "Solvers on the same curves: " + "; ".join(
+        "Solvers on the same curves: "
+        + "; ".join(
             f"{k.upper()} {m['plans'][k]['avg_bits']:.4f} bits, predicted D {m['plans'][k]['distortion']:.4g}, "
-            f"{m['solver_seconds'][k]:.3f} s" for k in solvers),
+            f"{m['solver_seconds'][k]:.3f} s"
+            for k in solvers
+        ),
         "",
         "| layer | " + " | ".join(f"{k.upper()} bits" for k in solvers) + " |",
         "|---|" + "---:|" * len(solvers),
     ]
-    lines += [f"| `{n}` | " + " | ".join(f"{lb[k].get(n, float('nan')):.2f}" for k in solvers) + " |"
-              for n in lb[config.solver]]
+    lines += [
+        f"| `{n}` | " + " | ".join(f"{lb[k].get(n, float('nan')):.2f}" for k in solvers) + " |"
+        for n in lb[config.solver]
+    ]
     return "\n".join(lines + [""])

@@ -94,7 +94,9 @@ def weight_units(model: nn.Module, unit: str, layers: list[str]) -> list[WeightU
             out.append(WeightUnit(path, path, 0, rows, rows * per_row))
             continue
         if rows % g:
-            raise ConfigError(f"group size {g} does not divide the {rows} output channels of layer {path!r}; "
-                              f"choose G among the common divisors of the layers' output channels")
+            raise ConfigError(
+                f"group size {g} does not divide the {rows} output channels of layer {path!r}; "
+                f"choose G among the common divisors of the layers' output channels"
+            )
         out += [WeightUnit(f"{path}.g{i}", path, i * g, (i + 1) * g, g * per_row) for i in range(rows // g)]
     return out

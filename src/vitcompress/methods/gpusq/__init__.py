@@ -19,5 +19,13 @@ from vitcompress.methods.gpusq.algorithm import gpusq_, sparse_distill_, sparse_
 from vitcompress.methods.gpusq.config import GPUSQ_RECIPES, GPUSQConfig, gpusq_preset, gpusq_quant_recipe
 from vitcompress.methods.gpusq.step import gpusq_step  # registers the handler
 
-__all__ = ["GPUSQConfig", "GPUSQ_RECIPES", "gpusq_", "gpusq_preset", "gpusq_quant_recipe", "gpusq_step",
-           "sparse_distill_", "sparse_qat_"]
+__all__ = [
+    "GPUSQConfig",
+    "GPUSQ_RECIPES",
+    "gpusq_",
+    "gpusq_preset",
+    "gpusq_quant_recipe",
+    "gpusq_step",
+    "sparse_distill_",
+    "sparse_qat_",
+]

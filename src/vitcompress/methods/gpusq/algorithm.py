@@ -26,15 +26,16 @@ from vitcompress.methods.gpusq.config import GPUSQConfig
 from vitcompress.sparsity import mask_gradients_, sparsify_
 from vitcompress.train.distill import DistillLoss, weight_factors
 from vitcompress.train.qat import prepare_sparse_qat_
-from vitcompress.train.trainer import TrainingInterrupted, train
+from vitcompress.train.trainer import TrainConfig, TrainingInterrupted, train
 
 log = logging.getLogger(__name__)
 
 StageHook = Callable[[str, nn.Module], None]
 
 
-def sparse_distill_(model: nn.Module, train_set: Dataset, config: GPUSQConfig, *, state_dir: Path | None = None,
-                    resume: bool = False) -> tuple[nn.Module, dict]:
+def sparse_distill_(
+    model: nn.Module, train_set: Dataset, config: GPUSQConfig, *, state_dir: Path | None = None, resume: bool = False
+) -> tuple[nn.Module, dict]:
     """Stage 1: sparsify ``model`` in place and train it against its dense copy. Returns (dense teacher, info).
 
     Raises:
@@ -43,27 +44,64 @@ def sparse_distill_(model: nn.Module, train_set: Dataset, config: GPUSQConfig, *
     teacher = copy.deepcopy(model).eval()
     plan = sparsify_(model, config.pattern, on_indivisible=config.on_indivisible)
     dcfg = config.distill if config.distill_prune else replace(config.distill, soft=False, feature=False)
-    loss = DistillLoss(teacher, model, dcfg)
-    try:
-        info = train(model, loss, train_set, config.prune, state_dir / "prune" if state_dir else None, resume,
-                     after_backward=mask_gradients_, desc="stage 1: sparse distill")
-    finally:
-        loss.close()
+    info = _train_stage(
+        model,
+        DistillLoss(teacher, model, dcfg),
+        train_set,
+        config.prune,
+        state_dir,
+        "prune",
+        resume,
+        "stage 1 (sparse distillation)",
+    )
     info["sparse_layers"] = plan
-    _stop_if_interrupted(info, "stage 1 (sparse distillation)", state_dir)
     return teacher, info
 
 
-def _stop_if_interrupted(info: dict, stage: str, state_dir: Path | None) -> None:
+def _train_stage(
+    model: nn.Module,
+    loss: DistillLoss,
+    train_set: Dataset,
+    config: TrainConfig,
+    state_dir: Path | None,
+    name: str,
+    resume: bool,
+    stage: str,
+) -> dict:
+    """One stage on the generic trainer (masks held by gradient masking), its state in ``state_dir/name``."""
+    try:
+        info = train(
+            model,
+            loss,
+            train_set,
+            config,
+            state_dir / name if state_dir else None,
+            resume,
+            after_backward=mask_gradients_,
+            desc=stage,
+        )
+    finally:
+        loss.close()
     # a SIGTERM'd stage saved its state: the next stage must not start from a half-trained model
     if info["interrupted"]:
-        raise TrainingInterrupted(f"{stage} stopped by SIGTERM at step {info['steps']}; state saved in "
-                                  f"{state_dir}; run again with resume to continue")
+        raise TrainingInterrupted(
+            f"{stage} stopped by SIGTERM at step {info['steps']}; state saved in "
+            f"{state_dir}; run again with resume to continue"
+        )
+    return info
 
 
-def sparse_qat_(model: nn.Module, train_set: Dataset, calib: Dataset, factors: list[float], config: GPUSQConfig, *,
-                state_dir: Path | None = None, resume: bool = False,
-                on_stage: StageHook | None = None) -> tuple[nn.Module, dict]:
+def sparse_qat_(
+    model: nn.Module,
+    train_set: Dataset,
+    calib: Dataset,
+    factors: list[float],
+    config: GPUSQConfig,
+    *,
+    state_dir: Path | None = None,
+    resume: bool = False,
+    on_stage: StageHook | None = None,
+) -> tuple[nn.Module, dict]:
     """Stage 2: PTQ the sparse float ``model`` in place, then QAT against its float copy. Returns (teacher, info).
 
     Raises:
@@ -75,18 +113,21 @@ def sparse_qat_(model: nn.Module, train_set: Dataset, calib: Dataset, factors: l
         on_stage("ptq", model)
         model.train()
     loss = DistillLoss(teacher, model, config.distill, point_weights=factors)
-    try:
-        info = train(model, loss, train_set, config.qat, state_dir / "qat" if state_dir else None, resume,
-                     after_backward=mask_gradients_, desc="stage 2: sparse QAT")
-    finally:
-        loss.close()
-    _stop_if_interrupted(info, "stage 2 (sparse QAT)", state_dir)
+    info = _train_stage(model, loss, train_set, config.qat, state_dir, "qat", resume, "stage 2 (sparse QAT)")
     return teacher, info
 
 
-def gpusq_(model: nn.Module, train_set: Dataset, calib: Dataset, config: GPUSQConfig, *,
-           state_dir: str | Path | None = None, resume: bool = False, stop_after_prune: bool = False,
-           on_stage: StageHook | None = None) -> dict:
+def gpusq_(
+    model: nn.Module,
+    train_set: Dataset,
+    calib: Dataset,
+    config: GPUSQConfig,
+    *,
+    state_dir: str | Path | None = None,
+    resume: bool = False,
+    stop_after_prune: bool = False,
+    on_stage: StageHook | None = None,
+) -> dict:
     """Both stages on ``model`` (in place: it ends sparse and quantized).
 
     Args:
@@ -119,8 +160,9 @@ def gpusq_(model: nn.Module, train_set: Dataset, calib: Dataset, config: GPUSQCo
     factors = weight_factors(dense, model, batches, config.distill)
     log.info("weight factors W_j: %s", [round(w, 4) for w in factors])
     out["weight_factors"] = factors
-    _, out["qat"] = sparse_qat_(model, train_set, calib, factors, config, state_dir=state, resume=resume,
-                                on_stage=on_stage)
+    _, out["qat"] = sparse_qat_(
+        model, train_set, calib, factors, config, state_dir=state, resume=resume, on_stage=on_stage
+    )
     if on_stage is not None:
         on_stage("qat", model)
     return out

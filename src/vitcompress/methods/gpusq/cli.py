@@ -51,10 +51,17 @@ def summary(result: Result) -> str:
     """One line: top-1 dense -> sparse float -> final, size and BOPs reduction."""
     m = result.metrics
     sparse = "" if m.get("sparse_float_top1") is None else f" -> sparse {m['sparse_float_top1']:.2f}"
-    return (f"{m['model']} / {m['recipe']}: top-1 {m['fp_top1']:.2f}{sparse} -> {m['q_top1']:.2f} "
-            f"({m['q_top1'] - m['fp_top1']:+.2f} pt), size x{m['size_reduction']:.2f} smaller, "
-            f"BOPs x{m['bops_reduction']:.1f} fewer; outputs in {result.out}")
+    return (
+        f"{m['model']} / {m['recipe']}: top-1 {m['fp_top1']:.2f}{sparse} -> {m['q_top1']:.2f} "
+        f"({m['q_top1'] - m['fp_top1']:+.2f} pt), size x{m['size_reduction']:.2f} smaller, "
+        f"BOPs x{m['bops_reduction']:.1f} fewer; outputs in {result.out}"
+    )
 
 
-COMMAND = MethodCommand(name="gpusq", help="GPUSQ-ViT: 2:4 / 4:8 sparsity with distillation, then sparse QAT",
-                        options=GPUSQOptions, build=build, summary=summary)
+COMMAND = MethodCommand(
+    name="gpusq",
+    help="GPUSQ-ViT: 2:4 / 4:8 sparsity with distillation, then sparse QAT",
+    options=GPUSQOptions,
+    build=build,
+    summary=summary,
+)

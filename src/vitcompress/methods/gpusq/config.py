@@ -58,8 +58,7 @@ class GPUSQConfig:
         one_of("on_indivisible", self.on_indivisible, ON_INDIVISIBLE)
         positive_int("calib_size", self.calib_size)
         positive_int("factor_images", self.factor_images)
-        for name, cls in (("quant", Recipe), ("prune", TrainConfig), ("qat", TrainConfig),
-                          ("distill", DistillConfig)):
+        for name, cls in (("quant", Recipe), ("prune", TrainConfig), ("qat", TrainConfig), ("distill", DistillConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
 
@@ -68,12 +67,20 @@ def gpusq_quant_recipe(weight_bits: int, name: str) -> Recipe:
     """Per-channel symmetric weights at ``weight_bits`` (patch embedding, head: 8), 8-bit activations,
     q/k/v and softmax probabilities (uniform), LayerNorm inputs in float."""
     act = QuantSpec(8, "asymmetric")
-    return Recipe(name=name, weight=QuantSpec(weight_bits, "symmetric", "channel"), act=act, qkv=act, probs=act,
-                  norm=QuantSpec(32), overrides=EDGE_8BIT)
+    return Recipe(
+        name=name,
+        weight=QuantSpec(weight_bits, "symmetric", "channel"),
+        act=act,
+        qkv=act,
+        probs=act,
+        norm=QuantSpec(32),
+        overrides=EDGE_8BIT,
+    )
 
 
-def gpusq_preset(name: str, steps: int = 300, qat_steps: int | None = None, batch_size: int = 64,
-                 seed: int = 0) -> GPUSQConfig:
+def gpusq_preset(
+    name: str, steps: int = 300, qat_steps: int | None = None, batch_size: int = 64, seed: int = 0
+) -> GPUSQConfig:
     """``gpusq-int8`` (2:4 + INT8) or ``gpusq-int4`` (4:8 + W4A8) with ``steps`` per stage (short schedules).
 
     Learning rates: 5e-4 for stage 1 (the paper's DeiT setting, supplementary Table 1), 1e-4 for QAT
@@ -84,8 +91,20 @@ def gpusq_preset(name: str, steps: int = 300, qat_steps: int | None = None, batc
     """
     one_of("preset", name, GPUSQ_RECIPES)
     int8 = name == "gpusq-int8"
-    prune = TrainConfig(steps=steps, batch_size=batch_size, lr=5e-4, min_lr=1e-6, warmup_steps=min(20, steps // 10),
-                        seed=seed, checkpoint_every=100)
+    prune = TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=5e-4,
+        min_lr=1e-6,
+        warmup_steps=min(20, steps // 10),
+        seed=seed,
+        checkpoint_every=100,
+    )
     qat = replace(prune, steps=qat_steps or steps, lr=1e-4, seed=seed + 1)
-    return GPUSQConfig(name=name, pattern="2:4" if int8 else "4:8",
-                       quant=gpusq_quant_recipe(8 if int8 else 4, name), prune=prune, qat=qat)
+    return GPUSQConfig(
+        name=name,
+        pattern="2:4" if int8 else "4:8",
+        quant=gpusq_quant_recipe(8 if int8 else 4, name),
+        prune=prune,
+        qat=qat,
+    )

@@ -24,8 +24,16 @@ BOPS_NOTE = "BOPs of an N:M-sparse layer count only its kept MACs (n/m of the de
 
 
 @register(GPUSQConfig, "gpusq", calib_size=512, needs_train_data=True)
-def gpusq_step(model: nn.Module, config: GPUSQConfig, calib: Dataset, *, train_data: Dataset | None = None,
-               eval_data: Dataset | None = None, state_dir: Path | None = None, resume: bool = False) -> Result:
+def gpusq_step(
+    model: nn.Module,
+    config: GPUSQConfig,
+    calib: Dataset,
+    *,
+    train_data: Dataset | None = None,
+    eval_data: Dataset | None = None,
+    state_dir: Path | None = None,
+    resume: bool = False,
+) -> Result:
     """Run both GPUSQ-ViT stages on ``model`` in place (see :func:`~vitcompress.methods.gpusq.algorithm.gpusq_`).
 
     The sparse float and the PTQ model are evaluated on ``eval_data`` (if given and
@@ -56,41 +64,60 @@ def gpusq_step(model: nn.Module, config: GPUSQConfig, calib: Dataset, *, train_d
 
     state = Path(state_dir) / "state" if state_dir is not None else None
     res = gpusq_(model, train_data, calib, config, state_dir=state, resume=resume, on_stage=on_stage)
-    metrics = gpusq_metrics(config, stages, res)
+    metrics = method_metrics(config, stages, res)
     metrics["gpusq_seconds"] = time.perf_counter() - t0
-    return Result(model, "gpusq", config, metrics=metrics, plan=res["prune"]["sparse_layers"],
-                  reference=res["sparse_float"], report=gpusq_section(metrics))
+    return Result(
+        model,
+        "gpusq",
+        config,
+        metrics=metrics,
+        plan=res["prune"]["sparse_layers"],
+        reference=res["sparse_float"],
+        report=gpusq_section,
+    )
 
 
-def gpusq_metrics(config: GPUSQConfig, stages: dict, res: dict) -> dict[str, Any]:
+def method_metrics(config: GPUSQConfig, stages: dict, res: dict) -> dict[str, Any]:
     """The method's keys of ``metrics.json``: per-stage results, weight factors, training, config."""
     return {
         "pattern": config.pattern,
-        "sparse_float_top1": stages["sparse_float"]["top1"], "ptq_top1": stages["ptq"]["top1"],
+        "sparse_float_top1": stages["sparse_float"]["top1"],
+        "ptq_top1": stages["ptq"]["top1"],
         "sparse_float_size_bytes": stages["sparse_float"]["size_bytes"],
         "weight_factors": res.get("weight_factors"),
         "sparse_layers": res["prune"]["sparse_layers"],
         "prune": {k: res["prune"][k] for k in ("steps", "seconds", "final")},
         "qat": {k: res["qat"][k] for k in ("steps", "seconds", "final")},
-        "config": {"prune": config.prune.__dict__, "qat": config.qat.__dict__,
-                   "distill": dict(config.distill.__dict__), "distill_prune": config.distill_prune,
-                   "quant": config.quant.to_dict()},
+        "config": {
+            "prune": config.prune.__dict__,
+            "qat": config.qat.__dict__,
+            "distill": dict(config.distill.__dict__),
+            "distill_prune": config.distill_prune,
+            "quant": config.quant.to_dict(),
+        },
         "bops_note": BOPS_NOTE,
     }
 
 
 def gpusq_section(m: dict) -> str:
-    """The GPUSQ-ViT part of ``report.md``: stages, training steps, weight factors."""
+    """The GPUSQ-ViT part of ``report.md`` from a job's metrics: stages, training steps, weight factors."""
     lines = [
-        "", "## GPUSQ-ViT stages", "",
+        "",
+        "## GPUSQ-ViT stages",
+        "",
         f"Pattern {m['pattern']} on {len(m['sparse_layers'])} layers; stage 1 {m['prune']['steps']} steps, "
-        f"QAT {m['qat']['steps']} steps. The per-layer SQNR above compares with the sparse float model.", "",
-        "| stage | top-1 (%) |", "|---|---:|",
+        f"QAT {m['qat']['steps']} steps. The per-layer SQNR above compares with the sparse float model.",
+        "",
+        "| stage | top-1 (%) |",
+        "|---|---:|",
+        *([f"| dense float | {m['fp_top1']:.2f} |"] if "fp_top1" in m else []),
         f"| sparse float (after stage 1) | {_pct(m['sparse_float_top1'])} |",
-        f"| PTQ of the sparse model (start of stage 2) | {_pct(m['ptq_top1'])} |", "",
-        "Dense float and final (after QAT) top-1: the first table. BOPs of a sparse layer count only its kept "
-        "MACs; size counts kept values plus 2-bit indices (docs/gpusq.md, \"Accounting\"). Sparsity is "
-        "simulated on CPU: the pruned weights are stored as zeros.", "",
+        f"| PTQ of the sparse model (start of stage 2) | {_pct(m['ptq_top1'])} |",
+        *([f"| after QAT | {m['q_top1']:.2f} |"] if "q_top1" in m else []),
+        "",
+        "BOPs of a sparse layer count only its kept MACs; size counts kept values plus 2-bit indices "
+        '(docs/gpusq.md, "Accounting"). Sparsity is simulated on CPU: the pruned weights are stored as zeros.',
+        "",
     ]
     if m.get("weight_factors"):
         lines += [f"Weight factors W_j (patch, stages, final): {[round(w, 4) for w in m['weight_factors']]}", ""]

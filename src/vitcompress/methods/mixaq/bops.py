@@ -22,11 +22,12 @@ from vitcompress.cost import CostReport, block_key, cost
 from vitcompress.methods.mixaq.model import get_ratios, mixed_blocks, model_groups, set_ratios
 
 
-def mixed_cost(model: nn.Module, ratios: Sequence[float] | None = None, prune: Sequence[float] | None = None,
-               upper: float = 1.0) -> CostReport:
+def mixed_cost(
+    model: nn.Module, ratios: Sequence[float] | None = None, prune: Sequence[float] | None = None, upper: float = 1.0
+) -> CostReport:
     """The cost report of ``model`` at ``ratios`` / ``prune`` (default: the ones it holds); the model's
-    own ratios are restored afterwards. ``size_bytes`` counts the shared weights once per branch: use
-    the PTQ model's report for the size."""
+    own ratios are restored afterwards. ``size_bytes`` counts each weight the branches share once (it is
+    stored once) plus the low branch's own LayerNorm copies."""
     saved = get_ratios(model)
     try:
         if ratios is not None or prune is not None:

@@ -40,8 +40,9 @@ class MixAQConfig:
         version: format version of the config
     """
 
-    recipe: Recipe = option(default_factory=lambda: get_preset("w8a8"), parse=resolve_recipe, cli_default="w8a8",
-                            metavar="RECIPE")
+    recipe: Recipe = option(
+        default_factory=lambda: get_preset("w8a8"), parse=resolve_recipe, cli_default="w8a8", metavar="RECIPE"
+    )
     low_bits: int = 4
     calib_ratio: float = DEFAULT_UPPER
     eval_images: int = 1000
@@ -52,8 +53,9 @@ class MixAQConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.recipe, Recipe):
-            raise ConfigError(f"recipe must be a Recipe (see vitcompress.config.get_preset), got "
-                              f"{type(self.recipe).__name__}")
+            raise ConfigError(
+                f"recipe must be a Recipe (see vitcompress.config.get_preset), got {type(self.recipe).__name__}"
+            )
         integer("low_bits", self.low_bits, minimum=2, maximum=8)
         number("calib_ratio", self.calib_ratio, low=0, high=1, low_open=True)
         positive_int("eval_images", self.eval_images)
@@ -74,7 +76,13 @@ class MixAQConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (the recipe by name; ``recipe.json`` of a saved model holds the whole recipe)."""
-        return {"recipe": self.recipe.name, "low_bits": self.low_bits, "calib_ratio": self.calib_ratio,
-                "eval_images": self.eval_images, "choose": self.choose,
-                "search": dataclasses.asdict(self.search),
-                "saqa": dataclasses.asdict(self.saqa) if self.saqa is not None else None, "version": self.version}
+        return {
+            "recipe": self.recipe.name,
+            "low_bits": self.low_bits,
+            "calib_ratio": self.calib_ratio,
+            "eval_images": self.eval_images,
+            "choose": self.choose,
+            "search": dataclasses.asdict(self.search),
+            "saqa": dataclasses.asdict(self.saqa) if self.saqa is not None else None,
+            "version": self.version,
+        }

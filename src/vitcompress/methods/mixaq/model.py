@@ -20,13 +20,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from vitcompress.data.calib import iter_images
 from vitcompress.config import Recipe
+from vitcompress.data.calib import iter_images
 from vitcompress.errors import ConfigError, StateError, UnsupportedModelError
+from vitcompress.methods.mixaq.sampling import RatioGroup, ratio_groups
 from vitcompress.methods.mixaq.two_branch import StageImportance, TwoBranchSwinBlock, window_count
 from vitcompress.quant import Quantizer
 from vitcompress.quantize import quantize_, recipe_of
-from vitcompress.methods.mixaq.sampling import RatioGroup, ratio_groups
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,9 @@ def two_branch_(model: nn.Module, low_bits: int) -> nn.Module:
         shared = StageImportance()  # computed once per stage, by its first block
         for j, block in enumerate(stage.blocks):
             if not isinstance(block, SwinTransformerBlock):
-                raise UnsupportedModelError(f"layers.{s}.blocks.{j}: expected a SwinTransformerBlock, "
-                                            f"got {type(block).__name__}")
+                raise UnsupportedModelError(
+                    f"layers.{s}.blocks.{j}: expected a SwinTransformerBlock, got {type(block).__name__}"
+                )
             name = f"layers.{s}.blocks.{j}"
             stage.blocks[j] = TwoBranchSwinBlock.from_block(block, low_bits, name, shared, stage_head=j == 0)
     return model
@@ -98,8 +99,9 @@ def _check_vector(field: str, values: Sequence[float], n: int, upper: float) -> 
     return out
 
 
-def set_ratios(model: nn.Module, ratios: Sequence[float], prune: Sequence[float] | None = None,
-               upper: float = DEFAULT_UPPER) -> None:
+def set_ratios(
+    model: nn.Module, ratios: Sequence[float], prune: Sequence[float] | None = None, upper: float = DEFAULT_UPPER
+) -> None:
     """Set the compression ratio (and optionally the pruning ratio) of every ratio group.
 
     A block of a group with ratio r sends ``round(r·nW)`` of its ``nW`` windows (halves up) to the low
@@ -143,8 +145,9 @@ def low_quantizers(model: nn.Module) -> list[Quantizer]:
 
 
 @torch.no_grad()
-def calibrate_low(model: nn.Module, calib: Dataset | DataLoader | Iterable, calib_ratio: float = DEFAULT_UPPER,
-                  batch_size: int = 64) -> int:
+def calibrate_low(
+    model: nn.Module, calib: Dataset | DataLoader | Iterable, calib_ratio: float = DEFAULT_UPPER, batch_size: int = 64
+) -> int:
     """Calibrate the low branches' activation quantizers on the windows that go low at ``calib_ratio``.
 
     As in FQ-ViT the statistics are those of the float model (every other quantizer passes through).
@@ -187,8 +190,14 @@ def calibrate_low(model: nn.Module, calib: Dataset | DataLoader | Iterable, cali
     return seen
 
 
-def mixaq_(model: nn.Module, calib: Dataset | DataLoader | Iterable, high_recipe: Recipe, low_bits: int,
-           calib_ratio: float = DEFAULT_UPPER, batch_size: int = 64) -> nn.Module:
+def mixaq_(
+    model: nn.Module,
+    calib: Dataset | DataLoader | Iterable,
+    high_recipe: Recipe,
+    low_bits: int,
+    calib_ratio: float = DEFAULT_UPPER,
+    batch_size: int = 64,
+) -> nn.Module:
     """Training-free MixA-Q: quantize a float Swin in place with ``high_recipe`` (PTQ), convert its blocks
     to two-branch blocks with ``low_bits`` activations in the low branch and calibrate that branch.
 

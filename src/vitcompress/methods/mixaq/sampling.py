@@ -6,9 +6,9 @@ fraction of that group's windows sent to the low-bit branch. Ratios live on a gr
 ``k = r / step`` (the paper's "×10") and return floats rounded to the grid's decimals, so ``0.3`` never
 comes back as ``0.30000000000000004``.
 
-- :func:`uniform_sum_sample`: Algorithm 1 of the MixA-Q supplementary material. The *sum* of the ratios (∝ the saved computation
-  when all groups cost the same) is uniform over the requested range, so SAQA and the search see cheap
-  and expensive configurations equally often.
+- :func:`uniform_sum_sample`: Algorithm 1 of the MixA-Q supplementary material. The *sum* of the
+  ratios (∝ the saved computation when all groups cost the same) is uniform over the requested range,
+  so SAQA and the search see cheap and expensive configurations equally often.
 - :func:`naive_sample`: every ratio independently uniform on the grid (the baseline); its sums pile up
   in the middle (a sum of i.i.d. variables).
 """
@@ -150,13 +150,13 @@ def uniform_sum_sample(
     ``(r_i) ~ Dirichlet(α)`` scaled to ``S`` until every ``r_i <= upper/step``, round with the largest
     remainder method and divide by ``1/step``.
 
-    The seed's listing returns ``r_0 … r_n`` (n + 1 values) for "n layers"; here ``n_blocks`` is the
+    Algorithm 1's listing returns ``r_0 … r_n`` (n + 1 values) for "n layers"; here ``n_blocks`` is the
     number of ratios returned (6 for Swin-T, see :func:`ratio_groups`).
 
     Args:
         n_blocks: Number of ratios per vector (block groups).
-        sum_range: ``(s_min, s_max)``, the range of the sum of the ratios (the paper's Swin-T, supplementary §6.1: ``(0.6, 4.2)``
-            for Swin-T; :func:`sum_range_from_cost` derives it from a relative-cost range).
+        sum_range: ``(s_min, s_max)``, the range of the sum of the ratios (MixA-Q supplementary §6.1:
+            ``(0.6, 4.2)`` for Swin-T; :func:`sum_range_from_cost` derives it from a relative-cost range).
             Needs ``0 <= s_min <= s_max <= n_blocks·upper`` and a multiple of ``step`` inside.
         upper: Largest ratio ``u`` (the paper: 0.8); a multiple of ``step`` in ``(0, 1]``.
         count: Number of vectors.
@@ -197,8 +197,8 @@ def uniform_sum_sample(
 def naive_sample(
     n_blocks: int, upper: float = 0.8, count: int = 1, seed: Seed = None, step: float = 0.1
 ) -> list[RatioVector]:
-    """Naive sampling, the baseline of Table 6 of the MixA-Q supplementary material: every ratio independently uniform on
-    ``{0, step, …, upper}``.
+    """Naive sampling, the baseline of Table 6 of the MixA-Q supplementary material: every ratio
+    independently uniform on ``{0, step, …, upper}``.
 
     Args:
         n_blocks: Number of ratios per vector.

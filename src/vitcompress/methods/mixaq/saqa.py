@@ -67,8 +67,14 @@ def ratio_sampler(n_groups: int, config: SAQAConfig):
     return lambda seed: uniform_sum_sample(n_groups, (min(lo, hi), hi), config.upper, 1, seed, step=config.step)[0]
 
 
-def saqa_(model: nn.Module, train_data: Dataset, config: SAQAConfig, teacher: nn.Module | None = None,
-          state_dir: str | Path | None = None, resume: bool = False) -> dict:
+def saqa_(
+    model: nn.Module,
+    train_data: Dataset,
+    config: SAQAConfig,
+    teacher: nn.Module | None = None,
+    state_dir: str | Path | None = None,
+    resume: bool = False,
+) -> dict:
     """Fine-tune a two-branch MixA-Q model in place, one sampled ratio vector per step.
 
     Args:
@@ -101,9 +107,16 @@ def saqa_(model: nn.Module, train_data: Dataset, config: SAQAConfig, teacher: nn
             loss = F.kl_div(F.log_softmax(logits / t, dim=-1), target, log_target=True, reduction="batchmean") * t * t
         return loss, {"loss": float(loss.detach()), "ratio_sum": float(sum(ratios))}
 
-    train_config = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                               min_lr=config.lr / 100, warmup_steps=config.warmup_steps, seed=config.seed,
-                               weight_decay=0.0, log_every=10)
+    train_config = TrainConfig(
+        steps=config.steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        min_lr=config.lr / 100,
+        warmup_steps=config.warmup_steps,
+        seed=config.seed,
+        weight_decay=0.0,
+        log_every=10,
+    )
     try:
         result = train(model, loss_fn, train_data, train_config, state_dir=state_dir, resume=resume, desc="saqa")
     finally:

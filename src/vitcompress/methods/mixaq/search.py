@@ -45,23 +45,23 @@ class MixAQSearchConfig:
     """Settings of :func:`search_ratios`.
 
     Attributes:
-        population: NSGA-II population size (>= 2).
-        generations: offspring generations after the initial population (>= 0).
-        init: initial population sampler, ``uniform-sum`` (MixA-Q supplementary Algorithm 1) or ``naive``.
-        cost_range: relative-cost range the uniform-sum sampler targets (the paper: (0.65, 0.95)); the
-            sum range follows from it (:func:`~vitcompress.methods.mixaq.sum_range_from_cost`).
-        upper: largest ratio (the paper: 0.8).
-        step: spacing of the ratio grid (the paper: 0.1).
-        seed: seeds the initial sample and the pymoo algorithm (on the command line: the job's --seed).
-        targets: relative BOPs budgets (BOPs / BOPs at ratio 0); for each the most accurate front point within
-            it is "chosen".
-        version: format version of the config.
+        population: NSGA-II population size (>= 2)
+        generations: offspring generations after the initial population (>= 0)
+        init: initial population sampler: uniform-sum (MixA-Q supplementary Algorithm 1) or naive
+        cost_range: relative-cost range the uniform-sum sampler targets (the paper: 0.65 0.95); the range
+            of the ratios' sum follows from it (sum_range_from_cost)
+        upper: largest ratio (the paper: 0.8)
+        step: spacing of the ratio grid (the paper: 0.1)
+        seed: seeds the initial sample and the pymoo algorithm (on the command line: the job's --seed)
+        targets: relative BOPs budgets (BOPs / BOPs at ratio 0); for each the most accurate front point
+            within it is "chosen"
+        version: format version of the config
     """
 
     population: int = 8
     generations: int = 2
-    init: str = "uniform-sum"
-    cost_range: tuple[float, float] = (0.65, 0.95)
+    init: str = option("uniform-sum", choices=INITS)
+    cost_range: tuple[float, float] = option((0.65, 0.95), metavar=("LO", "HI"))
     upper: float = 0.8
     step: float = 0.1
     seed: int = 0
@@ -73,8 +73,11 @@ class MixAQSearchConfig:
         integer("generations", self.generations, minimum=0)
         integer("seed", self.seed, minimum=0)
         one_of("init", self.init, INITS)
-        if not (len(self.cost_range) == 2 and all(isinstance(v, (int, float)) for v in self.cost_range)
-                and 0 <= self.cost_range[0] <= self.cost_range[1] <= 1):
+        if not (
+            len(self.cost_range) == 2
+            and all(isinstance(v, (int, float)) for v in self.cost_range)
+            and 0 <= self.cost_range[0] <= self.cost_range[1] <= 1
+        ):
             raise ConfigError(f"cost_range must be (low, high) with 0 <= low <= high <= 1, got {self.cost_range!r}")
         _grid(self.upper, self.step)  # validates upper and step
         if not self.targets:
@@ -109,8 +112,9 @@ def initial_population(n_groups: int, config: MixAQSearchConfig) -> np.ndarray:
     else:
         s_lo, s_hi = sum_range_from_cost(config.cost_range, n_groups)
         s_hi = min(s_hi, n_groups * config.upper)
-        vectors = uniform_sum_sample(n_groups, (min(s_lo, s_hi), s_hi), config.upper, config.population,
-                                     config.seed, step=config.step)
+        vectors = uniform_sum_sample(
+            n_groups, (min(s_lo, s_hi), s_hi), config.upper, config.population, config.seed, step=config.step
+        )
     return np.array([[round(r * grid.scale) for r in v] for v in vectors], dtype=np.int64)
 
 
@@ -119,8 +123,10 @@ def pareto_front(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     (e.g. ratios that select the same windows) only the first is kept."""
     front, seen = [], set()
     for p in points:
-        dominated = any((q["top1"] >= p["top1"] and q["bops"] <= p["bops"])
-                        and (q["top1"] > p["top1"] or q["bops"] < p["bops"]) for q in points)
+        dominated = any(
+            (q["top1"] >= p["top1"] and q["bops"] <= p["bops"]) and (q["top1"] > p["top1"] or q["bops"] < p["bops"])
+            for q in points
+        )
         if not dominated and (p["top1"], p["bops"]) not in seen:
             seen.add((p["top1"], p["bops"]))
             front.append(p)
@@ -152,8 +158,14 @@ def _make_algorithm(config: MixAQSearchConfig, n_groups: int):
     return problem, algorithm
 
 
-def search_ratios(evaluate: EvaluateFn, n_groups: int, config: MixAQSearchConfig, out: str | Path | None = None,
-                  resume: bool = False, tag: str = "") -> SearchResult:
+def search_ratios(
+    evaluate: EvaluateFn,
+    n_groups: int,
+    config: MixAQSearchConfig,
+    out: str | Path | None = None,
+    resume: bool = False,
+    tag: str = "",
+) -> SearchResult:
     """NSGA-II over ratio vectors; ``evaluate(ratios) -> (top1, bops)`` is called once per distinct vector.
 
     Args:
@@ -172,31 +184,22 @@ def search_ratios(evaluate: EvaluateFn, n_groups: int, config: MixAQSearchConfig
     from pymoo.core.evaluator import Evaluator
     from pymoo.problems.static import StaticProblem
 
-    grid = _grid(config.upper, config.step)
-    to_ratios = grid.to_ratios
+    to_ratios = _grid(config.upper, config.step).to_ratios
     out = Path(out) if out is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(config, n_groups, tag)
     state_path = out / STATE_FILE if out is not None else None
-    cache: dict[tuple[float, ...], tuple[float, int]] = {}
-    if resume and state_path is not None and state_path.is_file():
-        state = json.loads(state_path.read_text())
-        if state.get("fingerprint") != fingerprint:
-            raise StateError(f"{state_path} was written by a search with other settings; use another --out "
-                             "or drop --resume")
-        cache = {tuple(e["ratios"]): (e["top1"], e["bops"]) for e in state["cache"]}
-        log.info("resuming MixA-Q search: %d evaluations cached, replaying from the seed", len(cache))
+    cache = _read_cache(state_path, fingerprint) if resume else {}
     problem, algorithm = _make_algorithm(config, n_groups)
     evaluated: list[dict[str, Any]] = []
-    seen: set[tuple[float, ...]] = set()
     zero = tuple(0.0 for _ in range(n_groups))
     if zero not in cache:
         cache[zero] = evaluate(zero)
     base_top1, base_bops = cache[zero]
-    seen.add(zero)  # the baseline is reported apart, not as an evaluated point
+    seen: set[tuple[float, ...]] = {zero}  # the baseline is reported apart, not as an evaluated point
     while algorithm.has_next():
-        generation = algorithm.n_gen or 1
+        generation = (algorithm.n_gen or 1) - 1
         pop = algorithm.ask()
         objectives = []
         for x in np.rint(pop.get("X")).astype(np.int64):
@@ -205,37 +208,79 @@ def search_ratios(evaluate: EvaluateFn, n_groups: int, config: MixAQSearchConfig
                 seen.add(ratios)
                 if ratios not in cache:
                     cache[ratios] = evaluate(ratios)
-                top1, bops = cache[ratios]
-                evaluated.append({"ratios": list(ratios), "top1": top1, "bops": bops,
-                                  "rel_bops": bops / base_bops, "generation": generation - 1})
-                log.info("gen %d %s: top-1 %.2f, rel BOPs %.4f", generation - 1, ratios, top1, bops / base_bops)
+                evaluated.append(_point(ratios, *cache[ratios], base_bops, generation))
             top1, bops = cache[ratios]
             objectives.append([-top1, bops / base_bops])
         Evaluator().eval(StaticProblem(problem, F=np.array(objectives, dtype=float)), pop)
         algorithm.tell(infills=pop)
         if state_path is not None:
-            write_json(state_path, {"fingerprint": fingerprint, "generation": int(algorithm.n_gen),
-                                    "cache": [{"ratios": list(r), "top1": t, "bops": b}
-                                              for r, (t, b) in cache.items()]})
+            _write_cache(state_path, fingerprint, int(algorithm.n_gen), cache)
     baseline = {"ratios": list(zero), "top1": base_top1, "bops": base_bops, "rel_bops": 1.0}
-    result = SearchResult(baseline=baseline, evaluated=evaluated, front=pareto_front(evaluated))
-    for t in config.targets:
-        inside = [p for p in result.front if p["rel_bops"] <= t]
-        result.chosen[f"{t:g}"] = max(inside, key=lambda p: (p["top1"], -p["bops"])) if inside else None
+    front = pareto_front(evaluated)
+    result = SearchResult(baseline=baseline, evaluated=evaluated, front=front, chosen=choose(front, config.targets))
     if out is not None:
         _write_outputs(out, result, config)
     return result
 
 
+def choose(front: Sequence[dict[str, Any]], targets: Sequence[float]) -> dict[str, dict[str, Any] | None]:
+    """Per relative-BOPs target (key ``f"{t:g}"``), the most accurate front point within it (fewer BOPs
+    break ties), or None."""
+    chosen: dict[str, dict[str, Any] | None] = {}
+    for t in targets:
+        inside = [p for p in front if p["rel_bops"] <= t]
+        chosen[f"{t:g}"] = max(inside, key=lambda p: (p["top1"], -p["bops"])) if inside else None
+    return chosen
+
+
+def _point(ratios: tuple[float, ...], top1: float, bops: int, base_bops: int, generation: int) -> dict[str, Any]:
+    log.info("gen %d %s: top-1 %.2f, rel BOPs %.4f", generation, ratios, top1, bops / base_bops)
+    return {"ratios": list(ratios), "top1": top1, "bops": bops, "rel_bops": bops / base_bops, "generation": generation}
+
+
+def _read_cache(state_path: Path | None, fingerprint: dict[str, Any]) -> dict[tuple[float, ...], tuple[float, int]]:
+    """The objectives a resumed search has paid for (empty without a state file)."""
+    if state_path is None or not state_path.is_file():
+        return {}
+    state = json.loads(state_path.read_text())
+    if state.get("fingerprint") != fingerprint:
+        raise StateError(
+            f"{state_path} was written by a search with other settings; use another --out or drop --resume"
+        )
+    cache = {tuple(e["ratios"]): (e["top1"], e["bops"]) for e in state["cache"]}
+    log.info("resuming MixA-Q search: %d evaluations cached, replaying from the seed", len(cache))
+    return cache
+
+
+def _write_cache(
+    state_path: Path, fingerprint: dict[str, Any], generation: int, cache: dict[tuple[float, ...], tuple[float, int]]
+) -> None:
+    write_json(
+        state_path,
+        {
+            "fingerprint": fingerprint,
+            "generation": generation,
+            "cache": [{"ratios": list(r), "top1": t, "bops": b} for r, (t, b) in cache.items()],
+        },
+    )
+
+
 def _write_outputs(out: Path, result: SearchResult, config: MixAQSearchConfig) -> None:
-    write_json(out / FRONT_FILE, {"config": asdict(config), "baseline": result.baseline, "front": result.front,
-                                  "evaluated": result.evaluated})
+    write_json(
+        out / FRONT_FILE,
+        {"config": asdict(config), "baseline": result.baseline, "front": result.front, "evaluated": result.evaluated},
+    )
     write_json(out / CHOSEN_FILE, {"baseline": result.baseline, "chosen": result.chosen})
     pareto_chart(out / CHART_FILE, {f"{config.init} init": result.evaluated}, result.baseline)
 
 
-def pareto_chart(path: str | Path, series: dict[str, Sequence[dict[str, Any]]], baseline: dict[str, Any] | None = None,
-                 extra: dict[str, Sequence[tuple[float, float]]] | None = None, title: str = "MixA-Q search") -> None:
+def pareto_chart(
+    path: str | Path,
+    series: dict[str, Sequence[dict[str, Any]]],
+    baseline: dict[str, Any] | None = None,
+    extra: dict[str, Sequence[tuple[float, float]]] | None = None,
+    title: str = "MixA-Q search",
+) -> None:
     """Top-1 vs relative BOPs: every evaluated point of each series (dots) and its Pareto front (line);
     ``extra`` adds named (rel_bops, top1) curves (e.g. uniform ratios, pruning only)."""
     import matplotlib
@@ -248,8 +293,9 @@ def pareto_chart(path: str | Path, series: dict[str, Sequence[dict[str, Any]]], 
         color = f"C{i}"
         ax.scatter([p["rel_bops"] for p in points], [p["top1"] for p in points], s=12, alpha=0.45, color=color)
         front = pareto_front(points)
-        ax.plot([p["rel_bops"] for p in front], [p["top1"] for p in front], "-o", ms=4, color=color,
-                label=f"{name} (front)")
+        ax.plot(
+            [p["rel_bops"] for p in front], [p["top1"] for p in front], "-o", ms=4, color=color, label=f"{name} (front)"
+        )
     for j, (name, curve) in enumerate((extra or {}).items()):
         ax.plot([c[0] for c in curve], [c[1] for c in curve], "--s", ms=4, color=f"C{len(series) + j}", label=name)
     if baseline is not None:

@@ -8,7 +8,7 @@ test set) only reports the baseline and the chosen configurations; it never sele
 
 Outputs in ``state_dir`` (the job's folder): ``state.json`` (resume state of the search),
 ``pareto.json``, ``chosen.json``, ``pareto.png``; a job adds ``summary.json``, and ``model/`` with
-``layout.json`` (low bits and ratios) beside the weights, which :func:`restore_mixaq` reads.
+``layout.json`` (low bits and ratios) beside the weights, from which :func:`vitcompress.restore` rebuilds it.
 """
 
 from __future__ import annotations
@@ -28,16 +28,16 @@ from vitcompress.errors import CheckpointError, ConfigError, DataError
 from vitcompress.eval.classification import evaluate
 from vitcompress.methods.mixaq.bops import act_bits_eq, mixed_cost
 from vitcompress.methods.mixaq.config import MixAQConfig
-from vitcompress.methods.mixaq.model import get_ratios, mixaq_, mixed_blocks, model_groups, set_ratios, two_branch_
+from vitcompress.methods.mixaq.model import mixaq_, mixed_blocks, model_groups, set_ratios, two_branch_
 from vitcompress.methods.mixaq.saqa import saqa_
 from vitcompress.methods.mixaq.search import EvaluateFn, SearchResult, pareto_chart, search_ratios
 from vitcompress.methods.registry import register
+from vitcompress.quantize import LAYOUT_ATTR
 from vitcompress.result import Result
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
-LAYOUT_FILE = "layout.json"  # in the saved model folder: what restore must rebuild beyond the recipe
 LAYOUT_TYPE = "vitcompress.MixAQ"
 
 
@@ -54,8 +54,10 @@ def held_out_subset(calib: Subset, n: int, seed: int) -> Subset:
     dataset = calib.dataset
     taken = set(calib.indices)
     if len(dataset) - len(taken) < n:
-        raise DataError(f"eval_images is {n} but the training set has only {len(dataset) - len(taken)} images "
-                        "outside the calibration subset")
+        raise DataError(
+            f"eval_images is {n} but the training set has only {len(dataset) - len(taken)} images "
+            "outside the calibration subset"
+        )
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
     rest = [i for i in order if i not in taken]
     return Subset(dataset, rest[:n])
@@ -65,7 +67,7 @@ def cached_batches(data: Dataset, batch_size: int = 250) -> list[tuple[torch.Ten
     """The (images, labels) batches of a small dataset, loaded once for many evaluations."""
     xs, ys = zip(*(data[i] for i in range(len(data))), strict=True)
     x, y = torch.stack(xs), torch.as_tensor(ys)
-    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
 
 
 def model_evaluator(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> EvaluateFn:
@@ -92,9 +94,11 @@ def _held_out(calib: Any, train_data: Dataset | None, config: MixAQConfig) -> Su
         return held_out_subset(calib, config.eval_images, config.search.seed)
     if isinstance(train_data, Dataset):  # the caller keeps it disjoint from calib
         order = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(config.search.seed))
-        return Subset(train_data, order[:config.eval_images].tolist())
-    raise ConfigError("MixA-Q scores its candidates on held-out training images: pass calib as a Subset of the "
-                      "training set (as calibration_subset gives and run_job passes), or train_data")
+        return Subset(train_data, order[: config.eval_images].tolist())
+    raise ConfigError(
+        "MixA-Q scores its candidates on held-out training images: pass calib as a Subset of the "
+        "training set (as calibration_subset gives and run_job passes), or train_data"
+    )
 
 
 def _saqa_data(calib: Any, train_data: Dataset | None) -> Dataset:
@@ -111,8 +115,16 @@ def _model_name(model: nn.Module) -> str:
 
 
 @register(MixAQConfig, "mixaq", calib_size=256)
-def mixaq_step(model: nn.Module, config: MixAQConfig, calib: Any, *, train_data: Dataset | None = None,
-               eval_data: Dataset | None = None, state_dir: Path | None = None, resume: bool = False) -> Result:
+def mixaq_step(
+    model: nn.Module,
+    config: MixAQConfig,
+    calib: Any,
+    *,
+    train_data: Dataset | None = None,
+    eval_data: Dataset | None = None,
+    state_dir: Path | None = None,
+    resume: bool = False,
+) -> Result:
     """Run MixA-Q on a float timm Swin in place: :func:`~vitcompress.methods.mixaq.mixaq_` (PTQ, two-branch
     blocks, low-branch calibration), optionally SAQA, then the NSGA-II search of the ratios on held-out
     training images; the model is left at the configuration chosen for ``config.choose``.
@@ -145,17 +157,26 @@ def mixaq_step(model: nn.Module, config: MixAQConfig, calib: Any, *, train_data:
         recipe = qat_recipe(recipe)
     mixaq_(model, calib, recipe, config.low_bits, calib_ratio=config.calib_ratio)
     metrics: dict[str, Any] = {"low_bits": config.low_bits, "mixaq_seconds": time.perf_counter() - t0}
-    tag = (f"{_model_name(model)}|{config.recipe.name}|A{config.low_bits}|calib {len(calib)}|eval "
-           f"{config.eval_images}|{config.calib_ratio:g}")
+    tag = (
+        f"{_model_name(model)}|{config.recipe.name}|A{config.low_bits}|calib {len(calib)}|eval "
+        f"{config.eval_images}|{config.calib_ratio:g}"
+    )
     if config.saqa is not None:
         saqa_dir = Path(state_dir) / "saqa" if state_dir is not None else None
-        summary = saqa_(model, _saqa_data(calib, train_data), config.saqa, teacher=teacher, state_dir=saqa_dir,
-                        resume=resume)
-        metrics["saqa"] = {"steps": summary["steps"], "seconds": summary["seconds"]}
+        trained = saqa_(
+            model, _saqa_data(calib, train_data), config.saqa, teacher=teacher, state_dir=saqa_dir, resume=resume
+        )
+        metrics["saqa"] = {"steps": trained["steps"], "seconds": trained["seconds"]}
         tag += f"|saqa {json.dumps(config.to_dict()['saqa'], sort_keys=True)}"
     t1 = time.perf_counter()
-    search = search_ratios(model_evaluator(model, cached_batches(heldout)), len(model_groups(model)), config.search,
-                           state_dir, resume=resume, tag=tag)
+    search = search_ratios(
+        model_evaluator(model, cached_batches(heldout)),
+        len(model_groups(model)),
+        config.search,
+        state_dir,
+        resume=resume,
+        tag=tag,
+    )
     metrics["search_seconds"] = time.perf_counter() - t1
     chosen = search.chosen.get(config.choose_key)
     if chosen is None:
@@ -167,19 +188,44 @@ def mixaq_step(model: nn.Module, config: MixAQConfig, calib: Any, *, train_data:
     set_ratios(model, point["ratios"], upper=1.0)
     report_cost = mixed_cost(model)
     metrics.update(summary)
-    metrics["chosen"] = {"target": config.choose, "found": chosen is not None, "ratios": point["ratios"],
-                         "rel_bops": point["rel_bops"], "held_out_top1": point["top1"]}
+    metrics["chosen"] = {
+        "target": config.choose,
+        "found": chosen is not None,
+        "ratios": point["ratios"],
+        "rel_bops": point["rel_bops"],
+        "held_out_top1": point["top1"],
+    }
     metrics["act_bits_eq"] = act_bits_eq(report_cost)
-    layout = {"type": LAYOUT_TYPE, "version": 1, "builder": f"{__name__}:rebuild_", "low_bits": config.low_bits,
-              "ratios": point["ratios"], "prune": None}
-    files = {SUMMARY_FILE: summary, f"model/{LAYOUT_FILE}": layout, "pareto.png": _chart_writer(search, config)}
-    return Result(model, "mixaq", config, metrics=metrics, plan=list(point["ratios"]), cost=report_cost, files=files,
-                  report=mixaq_section(metrics), layer_report=False)
+    layout = {
+        "type": LAYOUT_TYPE,
+        "version": 1,
+        "builder": f"{__name__}:rebuild_",
+        "low_bits": config.low_bits,
+        "ratios": point["ratios"],
+        "prune": None,
+    }
+    setattr(model, LAYOUT_ATTR, layout)  # save() writes it; restore() rebuilds the two-branch blocks from it
+    files = {SUMMARY_FILE: summary, "pareto.png": _chart_writer(search, config)}
+    return Result(
+        model,
+        "mixaq",
+        config,
+        metrics=metrics,
+        plan=list(point["ratios"]),
+        cost=report_cost,
+        files=files,
+        report=mixaq_section(metrics),
+        layer_report=False,
+    )
 
 
 def _points(result: SearchResult) -> dict[str, Any]:
-    return {"baseline": result.baseline, "front": result.front, "chosen": result.chosen,
-            "evaluated": len(result.evaluated)}
+    return {
+        "baseline": result.baseline,
+        "front": result.front,
+        "chosen": result.chosen,
+        "evaluated": len(result.evaluated),
+    }
 
 
 def _test_points(model: nn.Module, data: Dataset, search: SearchResult) -> dict[str, Any]:
@@ -208,19 +254,24 @@ def mixaq_section(m: dict[str, Any]) -> str:
     c, held, test = m["config"], m["held_out"], m.get("test", {})
     s = c["search"]
     lines = [
-        "", "## MixA-Q", "",
+        "",
+        "## MixA-Q",
+        "",
         f"High branch `{c['recipe']}`, low branch A{c['low_bits']}; the low branch calibrated at ratio "
         f"{c['calib_ratio']:g}. NSGA-II (population {s['population']}, {s['generations']} generations, "
         f"{s['init']} initial population, seed {s['seed']}) evaluated {held['evaluated']} ratio vectors on "
         f"{c['eval_images']} held-out training images. Relative BOPs here are BOPs / BOPs at ratio 0 "
-        "(every window high). The per-layer table does not apply to two-branch blocks.", "",
-        "| point | ratios | rel. BOPs | held-out top-1 (%) | test top-1 (%) |", "|---|---|---:|---:|---:|",
+        "(every window high). The per-layer table does not apply to two-branch blocks.",
+        "",
+        "| point | ratios | rel. BOPs | held-out top-1 (%) | test top-1 (%) |",
+        "|---|---|---:|---:|---:|",
     ]
 
     def row(name: str, p: dict[str, Any], test_key: str | None) -> str:
         t = test.get(test_key) if test_key else None
         shown = f"{t['top1']:.2f}" if t else ""
-        return f"| {name} | {' '.join(f'{r:g}' for r in p['ratios'])} | {p['rel_bops']:.4f} | {p['top1']:.2f} | {shown} |"
+        ratios = " ".join(f"{r:g}" for r in p["ratios"])
+        return f"| {name} | {ratios} | {p['rel_bops']:.4f} | {p['top1']:.2f} | {shown} |"
 
     lines.append(row("ratio 0 (uniform)", held["baseline"], "baseline"))
     for target, p in held["chosen"].items():
@@ -228,8 +279,10 @@ def mixaq_section(m: dict[str, Any]) -> str:
     lines += ["", f"Pareto front: {len(held['front'])} points (`pareto.json`, `pareto.png`).", ""]
     chosen = m["chosen"]
     if chosen["found"]:
-        lines.append(f"The model is set to the point chosen for relative BOPs {chosen['target']:g}: ratios "
-                     f"{chosen['ratios']} (MAC-weighted activation bits {m['act_bits_eq']:.2f}).")
+        lines.append(
+            f"The model is set to the point chosen for relative BOPs {chosen['target']:g}: ratios "
+            f"{chosen['ratios']} (MAC-weighted activation bits {m['act_bits_eq']:.2f})."
+        )
     else:
         lines.append(f"No front point lies within relative BOPs {chosen['target']:g}: the model stays at ratio 0.")
     return "\n".join([*lines, ""])
@@ -243,48 +296,3 @@ def rebuild_(model: nn.Module, layout: dict[str, Any]) -> nn.Module:
     two_branch_(model, layout["low_bits"])
     set_ratios(model, layout["ratios"], layout.get("prune"), upper=1.0)
     return model
-
-
-def restore_mixaq(path: str | Path, model: nn.Module | None = None) -> nn.Module:
-    """Rebuild a MixA-Q model saved by a job (``DIR/model``, or ``DIR``): the quantized Swin with its
-    two-branch blocks, calibrated scales and chosen ratios.
-
-    Args:
-        path: the saved model folder (``recipe.json``, ``model.safetensors``, ``layout.json``).
-        model: the float architecture (default: rebuilt from ``source.json``).
-
-    Raises:
-        CheckpointError: missing files, or weights that do not fit.
-    """
-    from vitcompress.config import Recipe
-    from vitcompress.models.checkpoint import load_weights
-    from vitcompress.nn.convert import prepare
-    from vitcompress.nn.linear import QuantConv2d, QuantLinear
-    from vitcompress.quantize import RECIPE_ATTR, RECIPE_FILE, SOURCE_FILE, WEIGHTS_FILE
-
-    path = Path(path)
-    if (path / "model").is_dir():
-        path = path / "model"
-    for name in (RECIPE_FILE, WEIGHTS_FILE, LAYOUT_FILE):
-        if not (path / name).is_file():
-            raise CheckpointError(f"{path} is not a saved MixA-Q model: {name} is missing")
-    recipe = Recipe.from_dict(json.loads((path / RECIPE_FILE).read_text()))
-    if model is None:
-        if not (path / SOURCE_FILE).is_file():
-            raise CheckpointError(f"{path} has no {SOURCE_FILE}: pass the float model to restore_mixaq(path, model)")
-        from vitcompress.models.registry import model_from_source
-
-        model = model_from_source(json.loads((path / SOURCE_FILE).read_text()), weights=False)
-    prepare(model, recipe)
-    setattr(model, RECIPE_ATTR, recipe)
-    rebuild_(model, json.loads((path / LAYOUT_FILE).read_text()))
-    load_weights(model, path / WEIGHTS_FILE)
-    if recipe.bias_correction:
-        for m in model.modules():
-            if isinstance(m, (QuantLinear, QuantConv2d)):
-                m.bias_correction = True
-    return model.eval()
-
-
-__all__ = ["cached_batches", "get_ratios", "held_out_subset", "mixaq_section", "mixaq_step", "model_evaluator",
-           "rebuild_", "restore_mixaq"]

@@ -86,8 +86,8 @@ def split_windows(scores: torch.Tensor, n_prune: int, n_low: int) -> tuple[torch
     """
     order = torch.sort(scores, dim=1, stable=True).indices  # least important first
     pruned = order[:, :n_prune].sort(dim=1).values
-    low = order[:, n_prune:n_prune + n_low].sort(dim=1).values
-    high = order[:, n_prune + n_low:].sort(dim=1).values
+    low = order[:, n_prune : n_prune + n_low].sort(dim=1).values
+    high = order[:, n_prune + n_low :].sort(dim=1).values
     return pruned, low, high
 
 
@@ -136,8 +136,14 @@ class TwoBranchSwinBlock(nn.Module):
     """
 
     @classmethod
-    def from_block(cls, block: SwinTransformerBlock, low_bits: int, name: str = "",
-                   stage: StageImportance | None = None, stage_head: bool = True) -> TwoBranchSwinBlock:
+    def from_block(
+        cls,
+        block: SwinTransformerBlock,
+        low_bits: int,
+        name: str = "",
+        stage: StageImportance | None = None,
+        stage_head: bool = True,
+    ) -> TwoBranchSwinBlock:
         """The two-branch version of a quantized ``block`` (sharing its modules), at ratio 0.
 
         Args:
@@ -177,8 +183,9 @@ class TwoBranchSwinBlock(nn.Module):
         n_prune = window_count(self.prune, n_windows)
         return n_prune, min(window_count(self.ratio, n_windows), n_windows - n_prune)
 
-    def _run_branch(self, mods: dict[str, nn.Module], w: torch.Tensor, mask: torch.Tensor | None,
-                    valid: torch.Tensor | None) -> torch.Tensor:
+    def _run_branch(
+        self, mods: dict[str, nn.Module], w: torch.Tensor, mask: torch.Tensor | None, valid: torch.Tensor | None
+    ) -> torch.Tensor:
         """``w + attn(norm1(w))`` then ``+ mlp(norm2(·))`` on windows w: (B, k, N, C)."""
         B, k, N, C = w.shape
         h = mods["norm1"](w)
@@ -218,9 +225,16 @@ class TwoBranchSwinBlock(nn.Module):
             out = windows  # pruned windows pass through unchanged
             for name, idx in (("high", high), ("low", low)):
                 if idx.shape[1]:
-                    out = self._scatter(out, idx, self._run_branch(
-                        self.branch(name), _gather(windows, idx), _gather_mask(attn_mask, idx),
-                        None if valid is None else _gather(valid.expand(B, -1, -1).unsqueeze(-1), idx).squeeze(-1)))
+                    out = self._scatter(
+                        out,
+                        idx,
+                        self._run_branch(
+                            self.branch(name),
+                            _gather(windows, idx),
+                            _gather_mask(attn_mask, idx),
+                            None if valid is None else _gather(valid.expand(B, -1, -1).unsqueeze(-1), idx).squeeze(-1),
+                        ),
+                    )
         # window reverse: (B, nW, N, C) -> (B, Hp, Wp, C), then crop the padding
         out = out.view(B, Hp // wh, Wp // ww, wh, ww, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
         out = out[:, :H, :W, :]

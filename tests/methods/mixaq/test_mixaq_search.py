@@ -1,4 +1,4 @@
-"""MixA-Q search: NSGA-II over ratio vectors (pymoo), resume, outputs, CLI."""
+"""MixA-Q search: NSGA-II over ratio vectors (pymoo), resume, outputs, the held-out split."""
 
 import json
 import math
@@ -7,10 +7,9 @@ import pytest
 import timm
 import torch
 
-from vitcompress.cli import main
 from vitcompress.config import get_preset
-from vitcompress.errors import ConfigError, StateError
-from vitcompress.methods.mixaq.job import model_evaluator, split_calibration
+from vitcompress.data.datasets import calibration_subset
+from vitcompress.errors import ConfigError, DataError, StateError
 from vitcompress.methods.mixaq.model import get_ratios, mixaq_
 from vitcompress.methods.mixaq.search import (
     MixAQSearchConfig,
@@ -18,6 +17,7 @@ from vitcompress.methods.mixaq.search import (
     pareto_front,
     search_ratios,
 )
+from vitcompress.methods.mixaq.step import held_out_subset, model_evaluator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -70,7 +70,7 @@ def test_uniform_sum_initial_population_spans_the_sum_range():
     pop = initial_population(6, MixAQSearchConfig(population=200, seed=0))
     sums = pop.sum(axis=1)
     assert pop.min() >= 0 and pop.max() <= 8
-    assert sums.min() >= 6 and sums.max() <= 42  # (0.6, 4.2) on the x10 scale, seed 000 §6.1
+    assert sums.min() >= 6 and sums.max() <= 42  # (0.6, 4.2) on the x10 scale, MixA-Q supplementary §6.1
     naive = initial_population(6, MixAQSearchConfig(population=200, seed=0, init="naive"))
     # naive sums pile up around 6 * 4 = 24; uniform-sum ones are flat over 6..42
     assert abs(naive.sum(axis=1) - 24).mean() < abs(sums - 24).mean()
@@ -90,27 +90,55 @@ def test_interrupted_search_resumes_to_the_same_end(tmp_path):
     assert resumed.front == reference.front
     assert [p["ratios"] for p in resumed.evaluated] == [p["ratios"] for p in reference.evaluated]
     with pytest.raises(StateError, match="other settings"):
-        search_ratios(fake_objective, 4, MixAQSearchConfig(population=6, generations=3, seed=4),
-                      out=tmp_path / "run", resume=True)
+        search_ratios(
+            fake_objective, 4, MixAQSearchConfig(population=6, generations=3, seed=4), out=tmp_path / "run", resume=True
+        )
 
 
 def test_config_errors():
-    with pytest.raises(ConfigError, match="init: must be one of"):
+    with pytest.raises(ConfigError, match="init must be one of"):
         MixAQSearchConfig(init="random")
-    with pytest.raises(ConfigError, match="population: must be an integer >= 2"):
+    with pytest.raises(ConfigError, match="population must be an integer >= 2"):
         MixAQSearchConfig(population=1)
     with pytest.raises(ConfigError, match="upper"):
         MixAQSearchConfig(upper=0.85)
+    with pytest.raises(ConfigError, match=r"targets\[1\] must be a finite number > 0 and <= 1"):
+        MixAQSearchConfig(targets=(0.9, 1.5))
+    with pytest.raises(ConfigError, match="cost_range"):
+        MixAQSearchConfig(cost_range=(0.9, 0.5))
+
+
+def test_held_out_images_are_the_next_ones_of_the_calibration_permutation():
+    """The split every MixA-Q search used: one seeded permutation, calibration first, held-out next."""
+    data = list(range(100))
+    for seed in (0, 7):
+        order = torch.randperm(100, generator=torch.Generator().manual_seed(seed)).tolist()
+        calib = calibration_subset(data, 16, seed=seed)
+        assert calib.indices == order[:16]
+        assert held_out_subset(calib, 24, seed).indices == order[16:40]
+    other = held_out_subset(calibration_subset(data, 16, seed=0), 24, seed=1)  # another seed: still disjoint
+    assert len(other) == 24 and not set(other.indices) & set(calibration_subset(data, 16, seed=0).indices)
+    with pytest.raises(DataError, match="eval_images is 85"):
+        held_out_subset(calibration_subset(data, 16, seed=0), 85, 0)
 
 
 def test_model_evaluator_on_tiny_swin(tmp_path):
     torch.manual_seed(0)
-    model = timm.create_model("swin_tiny_patch4_window7_224", img_size=32, patch_size=2, window_size=4,
-                              embed_dim=16, depths=(2, 2), num_heads=(1, 2), num_classes=10).eval()
+    model = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        img_size=32,
+        patch_size=2,
+        window_size=4,
+        embed_dim=16,
+        depths=(2, 2),
+        num_heads=(1, 2),
+        num_classes=10,
+    ).eval()
     data = [(torch.randn(3, 32, 32), i % 10) for i in range(40)]
-    calib, heldout = split_calibration(data, 16, 24, seed=0)
+    calib = calibration_subset(data, 16, seed=0)
+    heldout = held_out_subset(calib, 24, seed=0)
     assert not set(calib.indices) & set(heldout.indices)
-    mixaq_(model, calib, get_preset("w8a8"), 4, progress=False)
+    mixaq_(model, calib, get_preset("w8a8"), 4)
     batches = [(torch.stack([x for x, _ in heldout]), torch.tensor([y for _, y in heldout]))]
     evaluate = model_evaluator(model, batches)
     top1_0, bops_0 = evaluate((0.0, 0.0))
@@ -119,21 +147,3 @@ def test_model_evaluator_on_tiny_swin(tmp_path):
     assert bops_8 < bops_0 and 0 <= top1_8 <= 100
     result = search_ratios(evaluate, 2, MixAQSearchConfig(population=4, generations=1), out=tmp_path)
     assert result.front and all(p["bops"] < bops_0 or p["ratios"] == [0.0, 0.0] for p in result.evaluated)
-
-
-def test_cli_search_help(capsys):
-    with pytest.raises(SystemExit):
-        main(["mixaq", "search", "--help"])
-    assert "--population" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_cli_search_on_swin_fmnist(tmp_path, capsys):
-    out = tmp_path / "s"
-    args = ["mixaq", "search", "--threads", "1", "--calib", "64", "--eval-images", "200", "--population", "4",
-            "--generations", "1", "--test-limit", "200", "--out", str(out)]
-    assert main(args) == 0
-    first = json.loads((out / "pareto.json").read_text())
-    assert main([*args, "--resume"]) == 0  # a finished search resumes to the same front
-    assert json.loads((out / "pareto.json").read_text())["front"] == first["front"]
-    assert "front" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""``vitcompress compress --evolq``: metrics history, resumable state, flag errors (reference model, tiny search)."""
+"""``vitcompress compress evolq``: metrics history, resumable state, option errors (reference model, tiny search)."""
 
 import json
 
@@ -14,22 +14,43 @@ ready = pytest.mark.skipif(
     not (DEFAULT_FMNIST_ROOT / "t10k-labels-idx1-ubyte.gz").is_file() or not ZOO["vit-fmnist"].checkpoint.is_file(),
     reason="needs dataset-fashion-mnist and the shipped checkpoints",
 )
-ARGS = ["compress", "--model", "vit-fmnist", "--recipe", "w4a8", "--calib-size", "64", "--limit", "200",
-        "--threads", "1", "--evolq", "--passes", "2", "--cycles", "1", "--fitness", "infonce"]
+ARGS = [
+    "compress",
+    "evolq",
+    "--model",
+    "vit-fmnist",
+    "--recipe",
+    "w4a8",
+    "--calib-size",
+    "32",
+    "--limit",
+    "100",
+    "--threads",
+    "1",
+    "--passes",
+    "2",
+    "--cycles",
+    "1",
+    "--fitness",
+    "infonce",
+]
 
 
 @ready
 def test_compress_evolq_writes_history_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(ARGS + ["--out", str(out)]) == 0
+    assert "(Evol-Q)" in capsys.readouterr().out
     m = json.loads((out / "metrics.json").read_text())
     history = m["evolq"]["history"]
+    assert m["method"] == "evolq" and m["recipe"] == "w4a8"
     assert [h["pass"] for h in history] == [0, 1, 2]
     assert all(h["top1"] is not None and h["fitness"] > 0 for h in history)
-    assert history[0]["top1"] == m["ptq_top1"] and history[-1]["top1"] == m["q_top1"]  # eval: same 200 images
+    assert history[0]["top1"] == m["ptq_top1"] and history[-1]["top1"] == m["q_top1"]  # eval: same 100 images
     assert history[2]["fitness"] <= history[1]["fitness"] <= history[0]["fitness"]
-    assert m["evolq"]["config"]["passes"] == 2 and m["evolq"]["config"]["calib_size"] == 64
+    assert m["evolq"]["config"]["passes"] == 2 and m["evolq"]["config"]["calib_size"] == 32
     assert m["evolq"]["evaluations"] == 2 * 6 * 1 and (out / "evolq_state.pt").is_file()
+    assert (out / "evolq_passes.png").is_file() and "## Evol-Q" in (out / "report.md").read_text()
     scales = load_file(out / "model" / "model.safetensors")
     # the same command again would overwrite a run: an error, exit status 2
     assert main(ARGS + ["--out", str(out)]) == 2
@@ -42,12 +63,27 @@ def test_compress_evolq_writes_history_and_resumes(tmp_path, capsys):
 
 
 @ready
-def test_evolq_flags_need_evolq_and_valid_values(tmp_path, capsys):
-    base = ["compress", "--model", "vit-fmnist", "--recipe", "w4a8", "--out", str(tmp_path / "x")]
-    assert main(base + ["--passes", "3"]) == 2
-    assert "--passes needs --evolq" in capsys.readouterr().err
-    assert main(base + ["--evolq", "--fitness", "l2", "--calib-size", "64", "--limit", "10"]) == 2
+def test_evolq_options_are_checked(tmp_path, capsys):
+    base = [
+        "compress",
+        "evolq",
+        "--model",
+        "vit-fmnist",
+        "--out",
+        str(tmp_path / "x"),
+        "--calib-size",
+        "64",
+        "--limit",
+        "10",
+    ]
+    assert main(base + ["--recipe", "w4a8", "--fitness", "l2"]) == 2
     assert "fitness must be one of ['infonce', 'mse', 'cosine', 'kl']" in capsys.readouterr().err
+    assert main(base + ["--recipe", "w5a5"]) == 2
+    assert "recipe must be one of" in capsys.readouterr().err
+    assert main(base + ["--passes", "1"]) == 2  # a float model and no recipe
+    assert "--recipe NAME|FILE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the old flag is gone
+        main(base + ["--recipe", "w4a8", "--evolq"])
 
 
 @ready
@@ -60,13 +96,33 @@ def test_sigkilled_compress_resumes_to_the_scales_of_an_uninterrupted_run(tmp_pa
     import sys
     import time
 
-    args = ["compress", "--model", "vit-fmnist", "--recipe", "w4a8", "--calib-size", "64", "--limit", "100",
-            "--threads", "1", "--evolq", "--passes", "3", "--cycles", "2"]
+    args = [
+        "compress",
+        "evolq",
+        "--model",
+        "vit-fmnist",
+        "--recipe",
+        "w4a8",
+        "--calib-size",
+        "64",
+        "--limit",
+        "100",
+        "--threads",
+        "1",
+        "--passes",
+        "3",
+        "--cycles",
+        "2",
+    ]
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     assert main(args + ["--out", str(clean)]) == 0
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "vitcompress.cli", *args, "--out", str(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vitcompress.cli", *args, "--out", str(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = killed / "evolq_state.pt"
     deadline = time.monotonic() + 240
     while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -88,7 +144,7 @@ def test_docs_example_runs(tmp_path, monkeypatch, capsys, one_thread):
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "evolq.md").read_text()
+    text = (Path(__file__).resolve().parents[3] / "docs" / "evolq.md").read_text()
     monkeypatch.chdir(tmp_path)
     exec(compile(re.findall(r"```python\n(.*?)```", text, flags=re.S)[0], "docs/evolq.md", "exec"), {})
     assert (tmp_path / "out" / "evolq_state.pt").is_file()

@@ -1,4 +1,4 @@
-"""MixA-Q ratio samplers and equivalent bits (METHODS.md §4.3, §4.5; seed 000 Algorithm 1, eq. 3–5)."""
+"""MixA-Q ratio samplers and equivalent bits (MixA-Q supplementary material: Algorithm 1, eq. 3–5)."""
 
 import argparse
 import json
@@ -106,7 +106,8 @@ def test_edge_sums_and_sizes():
 
 
 def test_sum_distribution_is_uniform_while_naive_sums_concentrate():
-    """Seed 000 §6.1 / Table 6: uniform-sum sampling covers the sum range evenly, naive sampling does not.
+    """MixA-Q supplementary §6.1 / Table 6: uniform-sum sampling covers the sum range evenly, naive
+    sampling does not.
 
     Tolerances (fixed seeds, N = 3,700): chi-square over the 37 integer sums 6..42 below 67.99, the
     0.999 quantile of chi²(36); each third of the range holds 12/37 ≈ 0.324 of the samples ± 0.04
@@ -160,8 +161,8 @@ def test_naive_validation_names_the_field():
 
 
 # ------------------------------------------------------------------------------ sum range and groups
-def test_sum_range_from_cost_matches_seed_000_swin_t():
-    assert sum_range_from_cost((0.65, 0.95), 6) == (0.6, 4.2)  # seed 000 §6.1
+def test_sum_range_from_cost_matches_the_papers_swin_t():
+    assert sum_range_from_cost((0.65, 0.95), 6) == (0.6, 4.2)  # MixA-Q supplementary §6.1
     assert sum_range_from_cost((0.65, 0.95), 6, saving_per_window=1.0) == (0.3, 2.1)  # pruning saves 100 %
     assert sum_range_from_cost((1.0, 1.0), 12) == (0.0, 0.0)
 
@@ -211,7 +212,7 @@ def test_ratio_groups_validation():
 
 
 # ---------------------------------------------------------------------------------- equivalent bits
-G_SUM = Fraction("83.36")  # Σ of seed 000 eq. 1 (13.3 + 13.56 + 3·14.16 + 14.02)
+G_SUM = Fraction("83.36")  # Σ of MixA-Q supplementary eq. 1 (13.3 + 13.56 + 3·14.16 + 14.02)
 
 
 def test_swin_t_golden_values():
@@ -220,7 +221,7 @@ def test_swin_t_golden_values():
     want = 4 * (Fraction(3, 4) * G_SUM + 3) / (G_SUM + 3)
     assert equivalent_bits(SWIN_T_GMACS, SWIN_T_C, [0.5] * 6, 4) == pytest.approx(float(want), rel=1e-12)
     assert float(want) == pytest.approx(3.0347383, abs=1e-7)
-    # Seed 000's top of the sampling range, every ratio 0.8: 4·(0.6·83.36 + 3)/86.36 ≈ 2.4556.
+    # The paper's top of the sampling range, every ratio 0.8: 4·(0.6·83.36 + 3)/86.36 ≈ 2.4556.
     want = 4 * (Fraction(3, 5) * G_SUM + 3) / (G_SUM + 3)
     assert equivalent_bits(SWIN_T_GMACS, SWIN_T_C, [0.8] * 6, 4) == pytest.approx(float(want), rel=1e-12)
     # One non-uniform vector, by hand: Σ r_i·G_i = 0.2·13.3 + 0.8·14.16 + 0.4·14.02 = 19.596.
