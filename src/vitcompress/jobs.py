@@ -22,11 +22,11 @@ from torch.utils.data import Dataset, Subset
 from vitcompress.api import compress_
 from vitcompress.cost import cost
 from vitcompress.data.calib import first_images
-from vitcompress.data.datasets import calibration_subset, load_dataset
+from vitcompress.data.datasets import calibration_subset
+from vitcompress.data.source import DataSource
 from vitcompress.eval.classification import Metrics, evaluate
 from vitcompress.io import write_json, write_text
 from vitcompress.methods.registry import method_for
-from vitcompress.models.registry import input_spec_of
 from vitcompress.models.source import ModelSource
 from vitcompress.options import option
 from vitcompress.quantize import recipe_of, save
@@ -47,6 +47,7 @@ class JobConfig:
 
     Attributes:
         source: the model (see :class:`~vitcompress.models.source.ModelSource`).
+        data: the images (see :class:`~vitcompress.data.source.DataSource`).
         out: output folder: model/, metrics.json, report.md, charts, and the method's resumable state
         calib_size: calibration images drawn from the training split (default: the method's own)
         seed: seed of the calibration subset and of every random draw of the method
@@ -56,6 +57,7 @@ class JobConfig:
     """
 
     source: ModelSource
+    data: DataSource = option(default_factory=DataSource)
     out: str | None = None
     calib_size: int | None = None
     seed: int = 0
@@ -89,13 +91,12 @@ class Baseline:
 
 
 def load_data(job: JobConfig, model: nn.Module, calib_size: int, needs_train: bool = False) -> JobData:
-    """The job's data for ``model``'s input."""
-    spec = input_spec_of(model)
-    train = load_dataset(spec, "train", job.data_root)
-    test = load_dataset(spec, "test", job.data_root)
+    """The job's data, preprocessed for ``model``."""
+    train = job.data.train_set(model, job.data_root)
+    test = job.data.eval_set(model, job.data_root)
     if job.limit is not None:
         test = Subset(test, range(min(job.limit, len(test))))
-    augmented = load_dataset(spec, "train", job.data_root, augment=True, seed=job.seed) if needs_train else None
+    augmented = job.data.train_set(model, job.data_root, augment=True, seed=job.seed) if needs_train else None
     return JobData(train, calibration_subset(train, calib_size, seed=job.seed), test, augmented)
 
 
