@@ -143,3 +143,11 @@ def test_eval_of_saved_model_matches_metrics(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "--model", str(out), "--limit", "256", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["top1"] == metrics["q_top1"]
+
+
+def test_an_out_that_cannot_be_a_folder_is_refused_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="out: .*file exists and is not a folder"):
+        run_job(JobConfig(ModelSource("no-such-model"), out=str(tmp_path / "file")), get_preset("w8a8"))
+    with pytest.raises(ConfigError, match="out: cannot create .*is not a writable folder"):
+        run_job(JobConfig(ModelSource("no-such-model"), out=str(tmp_path / "file" / "sub")), get_preset("w8a8"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from vitcompress.cost import cost
 from vitcompress.data.calib import first_images
 from vitcompress.data.datasets import calibration_subset
 from vitcompress.data.source import DataSource
+from vitcompress.errors import ConfigError
 from vitcompress.eval.classification import Metrics, evaluate
 from vitcompress.io import write_json, write_text
 from vitcompress.methods.registry import method_for
@@ -116,6 +118,7 @@ def run_job(job: JobConfig, config: Any, baseline: Baseline | None = None) -> Re
     """
     t0 = time.perf_counter()
     method = method_for(config)
+    out = _output_folder(job.out)
     model = job.source.load()
     if method.check is not None:
         method.check(model, config)
@@ -123,8 +126,7 @@ def run_job(job: JobConfig, config: Any, baseline: Baseline | None = None) -> Re
     data = load_data(job, model, calib_size, method.needs_train_data)
     base = baseline or baseline_of(model, data)
     float_model = copy.deepcopy(model)
-    out = Path(job.out) if job.out is not None else None
-    if out is not None:
+    if out is not None:  # only now: the model, the data and the baseline are good
         out.mkdir(parents=True, exist_ok=True)
     result = compress_(
         model,
@@ -143,6 +145,19 @@ def run_job(job: JobConfig, config: Any, baseline: Baseline | None = None) -> Re
         write_outputs(out, result, result.reference or float_model, data.calib)
         result.out = out
     return result
+
+
+def _output_folder(out: str | None) -> Path | None:
+    """``out`` as a path, refused at once (before any work) when it cannot be a folder."""
+    if out is None:
+        return None
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"out: {path} exists and is not a folder")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+        raise ConfigError(f"out: cannot create {path}: {parent} is not a writable folder")
+    return path
 
 
 def common_metrics(
