@@ -74,13 +74,11 @@ class EvalOptions:
     """``vitcompress eval``.
 
     Attributes:
-        dataset: fashion-mnist, or an image folder (--data-root DIR, class sub-folders)
         limit: evaluate on the first N test images only
         batch_size: images per batch
         json: print JSON
     """
 
-    dataset: str = option("fashion-mnist", choices=("fashion-mnist", "imagefolder"))
     limit: int | None = None
     batch_size: int = 256
     json: bool = False
@@ -146,6 +144,7 @@ def _parser(sub, name: str, help_text: str, run: Callable, *option_classes: type
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
+    from vitcompress.data.source import DataSource
     from vitcompress.export.cli import BenchOptions, ExportOptions
     from vitcompress.jobs import JobConfig
     from vitcompress.methods.flbq.cli import add_arguments as add_allocate_arguments
@@ -156,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(parser, GlobalOptions)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _parser(sub, "demo", "PTQ presets on both reference models, comparison table", _demo, DemoOptions)
-    _parser(sub, "eval", "evaluate a model on the test set", _eval, ModelSource, EvalOptions)
+    _parser(sub, "eval", "evaluate a model on the test set", _eval, ModelSource, DataSource, EvalOptions)
     _parser(sub, "cost", "MACs, BOPs and size of a model (optionally under a recipe)", _cost, ModelSource, CostOptions)
     zoo = sub.add_parser("zoo", help="reference models: list, train").add_subparsers(
         dest="zoo_command", required=True, metavar="ACTION"
@@ -180,9 +179,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_arguments(_parser(mtools, "sample", "uniform-sum (or naive) ratio vectors", _mixaq_sample))
     add_eqbits_arguments(_parser(mtools, "eqbits", "equivalent activation bits", _mixaq_eqbits))
     _parser(
-        sub, "export", "export a model to ONNX (INT8 QDQ if quantized, else FP32)", _export, ModelSource, ExportOptions
+        sub,
+        "export",
+        "export a model to ONNX (INT8 QDQ if quantized, else FP32)",
+        _export,
+        ModelSource,
+        DataSource,
+        ExportOptions,
     )
-    _parser(sub, "bench", "latency: torch FP32, ONNX Runtime FP32 and INT8, vs BOPs", _bench, ModelSource, BenchOptions)
+    _parser(
+        sub,
+        "bench",
+        "latency: torch FP32, ONNX Runtime FP32 and INT8, vs BOPs",
+        _bench,
+        ModelSource,
+        DataSource,
+        BenchOptions,
+    )
     return parser
 
 
@@ -265,14 +278,13 @@ def _demo(args: argparse.Namespace, g: GlobalOptions) -> int:
 
 
 def _eval(args: argparse.Namespace, g: GlobalOptions) -> int:
-    from vitcompress.data import load_dataset
+    from vitcompress.data.source import DataSource
     from vitcompress.eval import evaluate
-    from vitcompress.models import input_spec_of
     from vitcompress.models.source import ModelSource
 
-    source, opts = from_args(ModelSource, args), from_args(EvalOptions, args)
+    source, images, opts = from_args(ModelSource, args), from_args(DataSource, args), from_args(EvalOptions, args)
     model = source.load()
-    data = load_dataset(input_spec_of(model), "test", g.data_root, name=opts.dataset)
+    data = images.eval_set(model, g.data_root)
     m = evaluate(model, data, batch_size=opts.batch_size, limit=opts.limit)
     if opts.json:
         print(json.dumps({"model": source.model, **m.as_dict()}, indent=2))
@@ -348,17 +360,21 @@ def _mixaq_eqbits(args: argparse.Namespace, g: GlobalOptions) -> int:
 
 
 def _export(args: argparse.Namespace, g: GlobalOptions) -> int:
+    from vitcompress.data.source import DataSource
     from vitcompress.export.cli import ExportOptions, run_export
     from vitcompress.models.source import ModelSource
 
-    return run_export(from_args(ModelSource, args), from_args(ExportOptions, args), g.data_root)
+    images = from_args(DataSource, args)
+    return run_export(from_args(ModelSource, args), from_args(ExportOptions, args), images, g.data_root)
 
 
 def _bench(args: argparse.Namespace, g: GlobalOptions) -> int:
+    from vitcompress.data.source import DataSource
     from vitcompress.export.cli import BenchOptions, run_bench
     from vitcompress.models.source import ModelSource
 
-    return run_bench(from_args(ModelSource, args), from_args(BenchOptions, args), g.threads, g.data_root)
+    images = from_args(DataSource, args)
+    return run_bench(from_args(ModelSource, args), from_args(BenchOptions, args), images, g.threads, g.data_root)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
+from vitcompress.data.source import DataSource
 from vitcompress.errors import ConfigError
 from vitcompress.models.source import ModelSource
 from vitcompress.options import option
@@ -100,30 +101,32 @@ class BenchOptions(QuantizeFirst):
             raise ConfigError(f"keep-onnx: folder {self.keep_onnx} does not exist")
 
 
-def load_for_export(source: ModelSource, opts: QuantizeFirst, data_root: str | None = None) -> nn.Module:
+def load_for_export(
+    source: ModelSource, opts: QuantizeFirst, images: DataSource | None = None, data_root: str | None = None
+) -> nn.Module:
     """The model ``source`` names: restored quantized from a folder, or loaded (and quantized with ``opts.recipe``)."""
     model = source.load()
     if source.folder is None and opts.recipe:
         from vitcompress.config import resolve_recipe
-        from vitcompress.data import calibration_subset, load_dataset
-        from vitcompress.models import input_spec_of
+        from vitcompress.data import calibration_subset
         from vitcompress.quantize import quantize_
 
         recipe = resolve_recipe(opts.recipe)
-        calib = calibration_subset(
-            load_dataset(input_spec_of(model), "train", data_root), opts.calib_size, seed=opts.seed
-        )
+        train = (images or DataSource()).train_set(model, data_root)
+        calib = calibration_subset(train, opts.calib_size, seed=opts.seed)
         quantize_(model, recipe, calib, batch_size=32)
     return model
 
 
-def run_export(source: ModelSource, opts: ExportOptions, data_root: str | None = None) -> int:
+def run_export(
+    source: ModelSource, opts: ExportOptions, images: DataSource | None = None, data_root: str | None = None
+) -> int:
     """``vitcompress export``: write the ONNX file and print what was exported."""
     from vitcompress.export.onnx_export import check_export_args, export_onnx
 
     check_export_args(opts.precision, opts.opset, opts.policy, Path(opts.out))  # fail before loading / calibrating
     report = export_onnx(
-        load_for_export(source, opts, data_root),
+        load_for_export(source, opts, images, data_root),
         opts.out,
         precision=opts.precision,
         opset=opts.opset,
@@ -146,12 +149,18 @@ def run_export(source: ModelSource, opts: ExportOptions, data_root: str | None =
     return 0
 
 
-def run_bench(source: ModelSource, opts: BenchOptions, threads: int | None, data_root: str | None = None) -> int:
+def run_bench(
+    source: ModelSource,
+    opts: BenchOptions,
+    images: DataSource | None = None,
+    threads: int | None = None,
+    data_root: str | None = None,
+) -> int:
     """``vitcompress bench``: time torch FP32, ORT FP32 and ORT INT8; print the table or JSON."""
     from vitcompress.export.bench import benchmark_deploy, format_bench
 
     result = benchmark_deploy(
-        load_for_export(source, opts, data_root),
+        load_for_export(source, opts, images, data_root),
         batches=tuple(opts.batch),
         threads=threads or 1,
         warmup=opts.warmup,
