@@ -24,6 +24,7 @@ from vitcompress.api import compress_
 from vitcompress.cost import cost
 from vitcompress.data.calib import first_images
 from vitcompress.data.datasets import calibration_subset
+from vitcompress.data.folder import verify_images
 from vitcompress.data.source import DataSource
 from vitcompress.errors import ConfigError
 from vitcompress.eval.classification import Metrics, evaluate
@@ -81,6 +82,7 @@ class JobData:
     calib: Subset
     test: Dataset
     train_augmented: Dataset | None = None
+    preprocess: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,7 +101,9 @@ def load_data(job: JobConfig, model: nn.Module, calib_size: int, needs_train: bo
     if job.limit is not None:
         test = Subset(test, range(min(job.limit, len(test))))
     augmented = job.data.train_set(model, job.data_root, augment=True, seed=job.seed) if needs_train else None
-    return JobData(train, calibration_subset(train, calib_size, seed=job.seed), test, augmented)
+    calib = calibration_subset(train, calib_size, seed=job.seed)
+    verify_images(calib)  # a bad calibration image fails here, before anything is written
+    return JobData(train, calib, test, augmented, job.data.preprocess(model).as_dict())
 
 
 def baseline_of(model: nn.Module, data: JobData) -> Baseline:
@@ -139,7 +143,8 @@ def run_job(job: JobConfig, config: Any, baseline: Baseline | None = None) -> Re
     )
     q = evaluate(result.model, data.test)
     q_cost = result.cost if result.cost is not None else cost(result.model)
-    result.metrics = {**common_metrics(job, method.name, result, base, q, q_cost, len(data.calib)), **result.metrics}
+    common = common_metrics(job, method.name, result, base, q, q_cost, len(data.calib))
+    result.metrics = {**common, "preprocess": data.preprocess, **result.metrics}
     result.metrics["seconds"] = time.perf_counter() - t0
     if out is not None:
         write_outputs(out, result, result.reference or float_model, data.calib)

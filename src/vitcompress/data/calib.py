@@ -21,10 +21,15 @@ CalibData = Dataset | DataLoader | Iterable
 
 
 def iter_images(calib: CalibData, batch_size: int = 64) -> Iterator[torch.Tensor]:
-    """Yield image batches from ``calib`` (a Dataset of (image, label), a loader, or tensors/pairs).
+    """Yield image batches from ``calib``.
+
+    ``calib`` is a Dataset of (image, label) or of images (batched by ``batch_size``, decoded by
+    the dataset's DataLoader workers, see :func:`~vitcompress.data.datasets.make_loader`), a
+    DataLoader, or any iterable of image batches (N, C, H, W), single images (C, H, W), or
+    (images, labels) pairs of either.
 
     Raises:
-        DataError: the data is empty, or a batch holds NaN/Inf (naming the batch).
+        DataError: the data is empty, an item is not an image tensor, or a batch holds NaN/Inf (naming the batch).
     """
     batches = make_loader(calib, batch_size) if isinstance(calib, Dataset) else calib
     seen = 0
@@ -32,6 +37,12 @@ def iter_images(calib: CalibData, batch_size: int = 64) -> Iterator[torch.Tensor
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         if not isinstance(x, torch.Tensor):
             raise DataError(f"calibration batch {i} is a {type(x).__name__}, expected a tensor of images")
+        if x.dim() == 3:  # one (C, H, W) image
+            x = x.unsqueeze(0)
+        if x.dim() != 4:
+            raise DataError(
+                f"calibration batch {i} has shape {tuple(x.shape)}, expected (N, C, H, W) images or one (C, H, W)"
+            )
         if not torch.isfinite(x).all():
             raise DataError(f"calibration data batch {i} contains NaN or Inf values")
         seen += len(x)

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info
 
 from vitcompress.data.idx import read_idx
 from vitcompress.errors import DataError
+from vitcompress.validate import integer
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +33,15 @@ FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What a model expects: square image size, channel count and normalisation."""
+    """What a model expects: square image size, channel count and normalisation.
+
+    ``mean``/``std`` are one value for every channel, or a tuple of one value per channel.
+    """
 
     img_size: int
     in_chans: int
-    mean: float = FMNIST_MEAN
-    std: float = FMNIST_STD
+    mean: float | tuple[float, ...] = FMNIST_MEAN
+    std: float | tuple[float, ...] = FMNIST_STD
 
     def __post_init__(self) -> None:
         if self.img_size < 8:
@@ -65,8 +70,13 @@ def fit_to_model(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     c = x.shape[-3]
     if c != spec.in_chans:
         x = x.expand(-1, spec.in_chans, -1, -1) if c == 1 else x.mean(dim=-3, keepdim=True)
-    x = (x - spec.mean) / spec.std
+    x = (x - _per_channel(spec.mean)) / _per_channel(spec.std)
     return x.squeeze(0) if squeeze else x
+
+
+def _per_channel(v: float | tuple[float, ...]) -> float | torch.Tensor:
+    """A scalar stays a Python float (the zoo path, bit for bit); a tuple broadcasts over (C, 1, 1)."""
+    return v if isinstance(v, (int, float)) else torch.tensor(v, dtype=torch.float32).view(-1, 1, 1)
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -81,13 +91,30 @@ def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> t
 
 
 class FashionMNIST(Dataset):
-    """Fashion-MNIST held in memory as uint8 and transformed to the model's input per item."""
+    """Fashion-MNIST held in memory as uint8 and transformed to the model's input per item.
+
+    Without ``transform`` the item is the zoo's exact-pad path (:func:`fit_to_model` with ``spec``, and
+    :func:`random_crop_flip` when ``augment``). With ``transform`` (a callable on a PIL ``"L"`` image,
+    e.g. a model's own preprocessing from :mod:`vitcompress.data.preprocess`) that path is replaced;
+    a transform with a ``generator`` attribute shares it as the dataset's augmentation generator.
+    """
 
     classes = FMNIST_CLASSES
+    root_name = "Fashion-MNIST"
 
-    def __init__(self, root: Path, split: str, spec: InputSpec, augment: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        root: Path,
+        split: str,
+        spec: InputSpec | None,
+        augment: bool = False,
+        seed: int = 0,
+        transform: Callable | None = None,
+    ):
         if split not in FMNIST_FILES:
             raise DataError(f"split must be one of {sorted(FMNIST_FILES)}, got {split!r}")
+        if spec is None and transform is None:
+            raise DataError("FashionMNIST needs an InputSpec or a transform")
         images, labels = (_find_idx(root, name) for name in FMNIST_FILES[split])
         self.images = torch.from_numpy(read_idx(images).copy())  # (N, 28, 28) uint8
         self.targets = torch.from_numpy(read_idx(labels).astype(np.int64))
@@ -95,13 +122,17 @@ class FashionMNIST(Dataset):
             raise DataError(
                 f"{images} and {labels} disagree: {tuple(self.images.shape)} images, {len(self.targets)} labels"
             )
-        self.spec, self.augment = spec, augment
-        self.generator = torch.Generator().manual_seed(seed)
+        self.spec, self.augment, self.transform = spec, augment, transform
+        self.generator = getattr(transform, "generator", None) or torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self.transform is not None:
+            from PIL import Image
+
+            return self.transform(Image.fromarray(self.images[i].numpy(), "L")), int(self.targets[i])
         x = self.images[i].unsqueeze(0).float().div_(255.0)  # (1, 28, 28)
         if self.augment:
             x = random_crop_flip(x, pad=2, generator=self.generator)
@@ -119,17 +150,12 @@ def _find_idx(root: Path, stem: str) -> Path:
 
 
 def _imagefolder(root: Path, spec: InputSpec) -> Dataset:
-    from torchvision import datasets, transforms
+    from vitcompress.data.folder import ImageFolderData
+    from vitcompress.data.preprocess import FitTransform
 
     if not root.is_dir():
         raise DataError(f"ImageFolder root {root} is not a directory")
-    to_tensor = transforms.Compose(
-        [
-            transforms.PILToTensor(),
-            transforms.Lambda(lambda t: fit_to_model(t.float().div(255.0), spec)),
-        ]
-    )
-    return datasets.ImageFolder(str(root), transform=to_tensor)
+    return ImageFolderData(root, FitTransform(spec))
 
 
 def load_dataset(
@@ -199,11 +225,104 @@ def calibration_subset(dataset: Dataset, n: int, seed: int = 0, balanced: bool =
     return Subset(dataset, sorted(chosen))
 
 
+def base_dataset(dataset: Dataset) -> Dataset:
+    """The dataset under any number of ``Subset`` wrappers."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
+def loader_workers(dataset: Dataset) -> int:
+    """The decoding workers a dataset asks for (its ``loader_workers``; 0 for in-memory data)."""
+    return int(getattr(base_dataset(dataset), "loader_workers", 0) or 0)
+
+
+def _seed_worker(_: int) -> None:
+    """Give each worker's copy of an augmentation generator its own seeded stream (from the loader's seed)."""
+    info = get_worker_info()
+    g = getattr(base_dataset(info.dataset), "generator", None)
+    if isinstance(g, torch.Generator):
+        g.manual_seed(info.seed)
+
+
+def _worker_message(message: str) -> str:
+    """The original one-line message of an error re-raised from a DataLoader worker (which adds a traceback)."""
+    if not message.startswith("Caught "):
+        return message
+    last = [line for line in message.splitlines() if line.strip()][-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
+class Loader(DataLoader):
+    """A DataLoader whose worker errors keep their one-line message (DataLoader adds the worker's traceback),
+    and whose workers stop as soon as the iteration ends, fails or is left (an iterator kept alive by a
+    traceback would otherwise stop them only when collected, after a 5-second join timeout per worker)."""
+
+    def __iter__(self):
+        it = super().__iter__()
+        try:
+            yield from it
+        except DataError as e:
+            raise DataError(_worker_message(str(e))) from None
+        finally:
+            shutdown = getattr(it, "_shutdown_workers", None)  # multi-process iterators only
+            if shutdown is not None:
+                shutdown()
+
+
 def make_loader(
-    dataset: Dataset, batch_size: int = 256, shuffle: bool = False, seed: int = 0, collate_fn: Callable | None = None
+    dataset: Dataset,
+    batch_size: int = 256,
+    shuffle: bool = False,
+    seed: int = 0,
+    collate_fn: Callable | None = None,
+    workers: int | None = None,
 ) -> DataLoader:
-    """A deterministic single-process DataLoader (the data is in memory; workers only cost here)."""
+    """A deterministic DataLoader.
+
+    Args:
+        workers: decoding processes; None = what the dataset asks for (an image folder from
+            :class:`~vitcompress.data.source.DataSource`: its ``workers``; in-memory data such as
+            Fashion-MNIST: 0). The batches, and their order, do not depend on it.
+    """
+    n = loader_workers(dataset) if workers is None else workers
+    integer("workers", n, minimum=0)
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=0, collate_fn=collate_fn
+    return Loader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=g,
+        num_workers=n,
+        collate_fn=collate_fn,
+        worker_init_fn=_seed_worker if n else None,
     )
+
+
+def data_classes(dataset: Dataset) -> int | None:
+    """How many classes a dataset has (its ``classes``), None when it does not say."""
+    classes = getattr(base_dataset(dataset), "classes", None)
+    return len(classes) if classes is not None else None
+
+
+def model_classes(model: nn.Module) -> int | None:
+    """A classifier's output classes: timm's ``num_classes``, or a Hugging Face ``config.num_labels``."""
+    for n in (getattr(model, "num_classes", None), getattr(getattr(model, "config", None), "num_labels", None)):
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+            return n
+    return None
+
+
+def check_classes(dataset: Dataset, model: nn.Module) -> None:
+    """Raise a one-line DataError when the data has more classes than the model predicts.
+
+    Fewer classes is allowed (evaluating on a subset of the model's classes); unknown counts pass.
+    """
+    n, m = data_classes(dataset), model_classes(model)
+    if n is not None and m is not None and n > m:
+        base = base_dataset(dataset)
+        where = getattr(base, "root_name", None) or str(getattr(base, "root", type(base).__name__))
+        raise DataError(
+            f"{where} has {n} classes but the model has num_classes={m}: load a model with --num-classes {n} "
+            f"(and weights trained on those {n} classes)"
+        )

@@ -50,18 +50,24 @@ def check_input(model: nn.Module, x: torch.Tensor) -> None:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: Dataset | DataLoader | Iterable, batch_size: int = 256, limit: int | None = None
+    model: nn.Module,
+    data: Dataset | DataLoader | Iterable,
+    batch_size: int = 256,
+    limit: int | None = None,
+    workers: int | None = None,
 ) -> Metrics:
     """Evaluate ``model`` (put in eval mode) on ``data``; deterministic for a given model and data.
 
     Args:
-        data: a Dataset of (image, label), or any iterable of (images, labels) batches.
+        data: a Dataset of (image, label), or a DataLoader / any iterable of (images, labels) batches.
         limit: evaluate only the first ``limit`` images.
+        workers: DataLoader decoding processes for a Dataset (None: the dataset's own, see
+            :func:`~vitcompress.data.datasets.make_loader`); the metrics do not depend on it.
     """
     model.eval()
     if isinstance(data, Dataset) and limit is not None:
         data = Subset(data, range(min(limit, len(data))))
-    loader = make_loader(data, batch_size) if isinstance(data, Dataset) else data
+    loader = make_loader(data, batch_size, workers=workers) if isinstance(data, Dataset) else data
     correct1 = correct5 = seen = 0
     loss_sum, seconds = 0.0, 0.0
     bar = tqdm(loader, desc="eval", leave=False, mininterval=1.0)
