@@ -1,4 +1,5 @@
-"""``load_model``: the zoo by name, or any timm model with local weights (``timm:<name>``)."""
+"""``load_model``: the zoo by name, any timm model with local weights (``timm:<name>``), or a Hugging Face
+ViT/DeiT/Swin image classifier folder (``hf:<folder>``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 from torch import nn
 
 from vitcompress.data.datasets import InputSpec
-from vitcompress.errors import CheckpointError, UnsupportedModelError
+from vitcompress.errors import CheckpointError, ConfigError, UnsupportedModelError
 from vitcompress.models.checkpoint import load_weights
+from vitcompress.models.timm_args import as_timm_value, create_timm_model
 from vitcompress.models.zoo import ZOO, build_zoo_model
 
 log = logging.getLogger(__name__)
@@ -40,12 +42,15 @@ def load_model(
     """Build a model in eval mode.
 
     Args:
-        name: a zoo name (see :func:`list_models`) or ``"timm:<model_name>"`` for any timm model.
+        name: a zoo name (see :func:`list_models`), ``"timm:<model_name>"`` for any timm model, or
+            ``"hf:<folder>"`` for a Hugging Face transformers ViT/DeiT/Swin image classifier saved with
+            ``save_pretrained`` (converted to the equivalent timm model, see :mod:`vitcompress.models.hf`).
         checkpoint: local weights (``.safetensors``, or a torch file read with ``weights_only=True``).
             For zoo models, defaults to the shipped checkpoint.
         num_classes, in_chans: passed to ``timm.create_model`` for ``timm:`` models.
         pretrained: only for ``timm:`` models; downloads from the hub. Off unless asked for.
-        **kwargs: extra ``timm.create_model`` arguments (e.g. ``img_size``).
+        **kwargs: extra ``timm.create_model`` arguments (e.g. ``img_size``, ``depths``), checked against the
+            model class: an unknown one raises ConfigError naming it and the accepted ones.
     """
     if name in ZOO:
         model = build_zoo_model(name)
@@ -58,34 +63,59 @@ def load_model(
         model.vitcompress_source = {"name": name}
         return model.eval()
     if name.startswith("timm:"):
-        import timm
-
-        arch = name[len("timm:") :]
-        if arch not in timm.list_models():
-            raise UnsupportedModelError(f"timm has no model {arch!r} (see timm.list_models())")
         extra = {k: v for k, v in (("num_classes", num_classes), ("in_chans", in_chans)) if v is not None}
         extra.update(kwargs)
-        model = timm.create_model(arch, pretrained=pretrained, **extra)
-        if checkpoint is not None:
-            load_weights(model, checkpoint)
-        model.vitcompress_source = {"name": name, "kwargs": extra}
-        return model.eval()
+        return _load_timm(name, checkpoint, extra, pretrained)
+    if name.startswith("hf:"):
+        from vitcompress.models.hf import load_hf
+
+        if checkpoint is not None or num_classes is not None or in_chans is not None or kwargs or pretrained:
+            raise ConfigError(
+                f"{name}: a Hugging Face folder brings its own weights and config.json; "
+                "checkpoint, num_classes, in_chans and model arguments do not apply"
+            )
+        return load_hf(name[len("hf:") :])
     raise UnsupportedModelError(
-        f"unknown model {name!r}: known names are {list_models()}, or 'timm:<name>' for any timm model"
+        f"unknown model {name!r}: known names are {list_models()}, 'timm:<name>' for any timm model, "
+        "or 'hf:<folder>' for a Hugging Face ViT/DeiT/Swin image classifier"
     )
+
+
+def _load_timm(name: str, checkpoint: str | Path | None, kwargs: dict, pretrained: bool) -> nn.Module:
+    arch = name[len("timm:") :]
+    if pretrained:  # the hub download path (never taken by the command line)
+        import timm
+
+        model = timm.create_model(arch, pretrained=True, **{k: as_timm_value(v) for k, v in kwargs.items()})
+    else:
+        model = create_timm_model(arch, kwargs)
+    if checkpoint is not None:
+        load_weights(model, checkpoint)
+    try:  # recorded as source.json stores them (tuples as lists), so that a saved folder rebuilds the model
+        model.vitcompress_source = {"name": name, "kwargs": json.loads(json.dumps(kwargs))}
+    except (TypeError, ValueError):  # a Python object (a norm_layer class, ...): save() writes no source.json
+        log.warning("%s: model arguments %s are not JSON; restore(path, model) will need the model", name, kwargs)
+    return model.eval()
 
 
 def model_from_source(source: dict, weights: bool = True) -> nn.Module:
     """Rebuild the float model described by a ``vitcompress_source`` dict (see ``save``).
 
     With ``weights=False`` the architecture is built with random weights (they are about to be
-    overwritten by a saved state dict), so a zoo checkpoint need not exist.
+    overwritten by a saved state dict), so a zoo checkpoint or the original Hugging Face folder need
+    not exist (an ``hf:`` source carries its architecture and preprocessing).
     """
     name = source.get("name")
+    if not isinstance(name, str):
+        raise CheckpointError(f"source.json names no model: {source!r}")
     if name in ZOO and not weights:
         model = build_zoo_model(name)
         model.vitcompress_source = {"name": name}
         return model.eval()
+    if name.startswith("hf:"):
+        from vitcompress.models.hf import model_from_hf_source
+
+        return model_from_hf_source(source, weights=weights)
     return load_model(name, **source.get("kwargs", {}))
 
 
