@@ -33,7 +33,6 @@ def _write_fmnist_folder(root, split, n, size):
 
 
 @needs_fmnist
-@pytest.mark.slow
 def test_a_plain_timm_checkpoint_and_a_png_folder_reproduce_the_zoo_accuracy(tmp_path, capsys):
     n = 2000
     _write_fmnist_folder(tmp_path / "images" / "train", "train", 64, 56)
@@ -43,14 +42,16 @@ def test_a_plain_timm_checkpoint_and_a_png_folder_reproduce_the_zoo_accuracy(tmp
     reference = evaluate(zoo, Subset(load_dataset(input_spec_of(zoo), "test"), range(n))).top1
     model = ["--model", "timm:vit_tiny_patch16_224", "--checkpoint", str(tmp_path / "vit.safetensors")]
     data = ["--data", f"imagefolder:{tmp_path / 'images'}", "--mean", "0.2860", "--std", "0.3530"]
-    argv = ["eval", *model, "--model-args", *VIT_FMNIST_ARGS, *data, "--crop-pct", "1", "--interpolation", "bilinear",
+    argv = ["eval", *model, "--model-args", *VIT_FMNIST_ARGS, *data, "--crop-pct", "1", "--interpolation", "box",
             "--json"]  # fmt: skip
     assert main(argv) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["images"] == n
-    # 56-px PNGs are resized back to 28 px with a bilinear (antialiased) filter: pixels differ slightly from the
-    # exact 28-px path, so a few images near the decision boundary may flip; 1 pt on 2,000 images is 20 images
-    assert got["top1"] == pytest.approx(reference, abs=1.0)
+    # the PNGs are 2x nearest-neighbour enlargements, so a box filter gives back the 28-px pixels exactly; only the
+    # normalisation's float rounding differs from the zoo path (torchvision's Normalize vs ours), which could flip
+    # an image sitting exactly on a decision boundary: 0.05 pt is one image in 2,000. (With --interpolation bilinear
+    # the antialiased resize blurs: 89.30 vs 90.31 % on all 10,000 test images.)
+    assert got["top1"] == pytest.approx(reference, abs=0.05)
 
 
 def _random_folder(root, classes=2, per_class=6, size=(256, 240)):
