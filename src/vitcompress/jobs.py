@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +19,13 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from vitcompress import outputs
 from vitcompress.api import compress_
 from vitcompress.cost import cost
 from vitcompress.data.calib import first_images
 from vitcompress.data.datasets import calibration_subset
 from vitcompress.data.folder import verify_images
 from vitcompress.data.source import DataSource
-from vitcompress.errors import ConfigError
 from vitcompress.eval.classification import Metrics, evaluate
 from vitcompress.io import write_json, write_text
 from vitcompress.methods.registry import method_for
@@ -55,7 +54,9 @@ class JobConfig:
         calib_size: calibration images drawn from the training split (default: the method's own)
         seed: seed of the calibration subset and of every random draw of the method
         limit: evaluate on the first N test images only (default: all)
-        resume: continue the interrupted search or training saved in --out
+        resume: continue the interrupted search or training of --out (in OUT.partial, or the state a finished run
+            left in OUT)
+        overwrite: replace the earlier result in --out (and an unfinished run in OUT.partial)
         data_root: folder of the dataset (default: Debian's Fashion-MNIST).
     """
 
@@ -66,6 +67,7 @@ class JobConfig:
     seed: int = 0
     limit: int | None = None
     resume: bool = False
+    overwrite: bool = False
     data_root: str | None = option(None, cli=False)
 
     def __post_init__(self) -> None:
@@ -122,47 +124,41 @@ def run_job(job: JobConfig, config: Any, baseline: Baseline | None = None) -> Re
     """
     t0 = time.perf_counter()
     method = method_for(config)
-    out = _output_folder(job.out)
+    out = Path(job.out) if job.out is not None else None
+    if out is not None:
+        outputs.check_output_folder(out, overwrite=job.overwrite, resume=job.resume)
     model = job.source.load()
     if method.check is not None:
         method.check(model, config)
+    if out is not None:
+        outputs.check_free_space(out, output_bytes(model))
     calib_size = job.calib_size or getattr(config, "calib_size", None) or method.calib_size
     data = load_data(job, model, calib_size, method.needs_train_data)
     base = baseline or baseline_of(model, data)
     float_model = copy.deepcopy(model)
-    if out is not None:  # only now: the model, the data and the baseline are good
-        out.mkdir(parents=True, exist_ok=True)
+    # only now, the model, the data and the baseline being good, is anything written: into OUT.partial
+    work = outputs.begin(out, overwrite=job.overwrite, resume=job.resume) if out is not None else None
     result = compress_(
-        model,
-        config,
-        data.calib,
-        train_data=data.train_augmented,
-        eval_data=data.test,
-        state_dir=out,
+        model, config, data.calib, train_data=data.train_augmented, eval_data=data.test, state_dir=work,
         resume=job.resume,
-    )
+    )  # fmt: skip
     q = evaluate(result.model, data.test)
     q_cost = result.cost if result.cost is not None else cost(result.model)
     common = common_metrics(job, method.name, result, base, q, q_cost, len(data.calib))
     result.metrics = {**common, "preprocess": data.preprocess, **result.metrics}
     result.metrics["seconds"] = time.perf_counter() - t0
     if out is not None:
-        write_outputs(out, result, result.reference or float_model, data.calib)
+        write_outputs(work, result, result.reference or float_model, data.calib)
+        outputs.commit(work, out, {"writer": f"vitcompress compress {method.name}", "model": job.source.model})
         result.out = out
     return result
 
 
-def _output_folder(out: str | None) -> Path | None:
-    """``out`` as a path, refused at once (before any work) when it cannot be a folder."""
-    if out is None:
-        return None
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"out: {path} exists and is not a folder")
-    parent = next((p for p in path.absolute().parents if p.exists()), None)
-    if parent is not None and not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
-        raise ConfigError(f"out: cannot create {path}: {parent} is not a writable folder")
-    return path
+def output_bytes(model: nn.Module) -> int:
+    """About what a job's folder needs on disk: the model twice (its folder, and the old one until the
+    swap) plus room for the charts, reports and a method's state."""
+    tensors = list(model.state_dict().values())
+    return 2 * sum(t.numel() * t.element_size() for t in tensors) + (16 << 20)
 
 
 def common_metrics(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
+import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,12 +24,13 @@ from tqdm.auto import tqdm
 
 from vitcompress.config import Recipe
 from vitcompress.data.calib import iter_images
-from vitcompress.errors import CheckpointError, StateError
+from vitcompress.errors import CheckpointError, ConfigError, StateError
 from vitcompress.eval.classification import check_input
 from vitcompress.io import write_json
 from vitcompress.models.checkpoint import load_weights, save_weights
 from vitcompress.nn.convert import point_role, prepare, quantization_points
 from vitcompress.nn.linear import QuantConv2d, QuantLinear
+from vitcompress.outputs import swap_into_place, verify_manifest, write_manifest
 from vitcompress.sparsity import masks_from_weights_, sparsity_plan
 
 log = logging.getLogger(__name__)
@@ -129,29 +132,32 @@ def quantize_(
 
 def save(model: nn.Module, path: str | Path) -> Path:
     """Write a quantized model to folder ``path``: weights + quantizer buffers, recipe, model source,
-    and the N:M sparsity plan when the model has masks (``restore`` re-attaches them).
+    the N:M sparsity plan when the model has masks (``restore`` re-attaches them), the layout of a
+    method's extra structure, and ``manifest.json`` (hashes of them all).
 
-    Files are written atomically; ``model.safetensors`` is written last, so a folder without it is
-    recognisably incomplete.
+    The folder is written beside ``path`` and swapped into place complete (``vitcompress.outputs``): a
+    kill leaves the old folder or the new one, and ``path`` is replaced as a whole.
     """
     recipe = recipe_of(model)
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    write_json(path / RECIPE_FILE, recipe.to_dict())
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"save: {path} exists and is not a folder")
+    work = path.with_name(f".{path.name}.saving-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    write_json(work / RECIPE_FILE, recipe.to_dict())
     source = getattr(model, SOURCE_ATTR, None)
     if source is not None:
-        write_json(path / SOURCE_FILE, source)
+        write_json(work / SOURCE_FILE, source)
     plan = sparsity_plan(model)
     if plan:  # N:M masks are rebuilt from the (sparse) weights on restore
-        write_json(path / SPARSITY_FILE, {"type": "vitcompress.Sparsity", "version": 1, "layers": plan})
-    elif (path / SPARSITY_FILE).exists():
-        (path / SPARSITY_FILE).unlink()  # a dense model saved over a sparse one must not come back sparse
+        write_json(work / SPARSITY_FILE, {"type": "vitcompress.Sparsity", "version": 1, "layers": plan})
     layout = getattr(model, LAYOUT_ATTR, None)
     if layout is not None:
-        write_json(path / LAYOUT_FILE, layout)
-    elif (path / LAYOUT_FILE).exists():
-        (path / LAYOUT_FILE).unlink()  # a plain model saved over a MixA-Q one must not come back two-branch
-    save_weights(model, path / WEIGHTS_FILE, metadata={"format": "vitcompress", "recipe": recipe.name})
+        write_json(work / LAYOUT_FILE, layout)
+    save_weights(model, work / WEIGHTS_FILE, metadata={"format": "vitcompress", "recipe": recipe.name})
+    write_manifest(work, {"writer": "vitcompress.save", "recipe": recipe.name})
+    swap_into_place(work, path)
     return path
 
 
@@ -191,9 +197,11 @@ def restore(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     for name in (RECIPE_FILE, WEIGHTS_FILE):
         if not (path / name).is_file():
             raise CheckpointError(f"{path} is not a saved vitcompress model: {name} is missing")
+    verify_manifest(path)  # folders saved before manifests existed have none: they load as they are
     recipe = Recipe.from_dict(json.loads((path / RECIPE_FILE).read_text()))
     model = _float_model(path) if model is None else model
     prepare(model, recipe)
+    setattr(model, RECIPE_ATTR, recipe)  # a layout builder may ask for it
     if (path / LAYOUT_FILE).is_file():
         _rebuild_layout(model, path / LAYOUT_FILE)
     load_weights(model, path / WEIGHTS_FILE)

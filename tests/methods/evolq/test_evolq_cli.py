@@ -123,15 +123,17 @@ def test_sigkilled_compress_resumes_to_the_scales_of_an_uninterrupted_run(tmp_pa
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    state = killed / "evolq_state.pt"
+    state = tmp_path / "killed.partial" / "evolq_state.pt"  # a run works in OUT.partial until it is complete
     deadline = time.monotonic() + 240
     while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (killed / "metrics.json").exists()
+    assert not killed.exists()  # nothing half-written in OUT
+    assert main(args + ["--out", str(killed)]) == 2  # an unfinished run waits: resume it or start over
     assert main(args + ["--out", str(killed), "--resume"]) == 0
+    assert not (tmp_path / "killed.partial").exists()
     a, b = load_file(clean / "model" / "model.safetensors"), load_file(killed / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ha = json.loads((clean / "metrics.json").read_text())["evolq"]["history"]
