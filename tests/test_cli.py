@@ -107,3 +107,20 @@ def test_every_lazy_export_resolves():
 
     for name in vitcompress.__all__:
         assert getattr(vitcompress, name) is not None
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "--model", "vit-fmnist", "--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
+        (["eval", "--model", "vit-fmnist", "--limit", "-5"], "limit must be an integer >= 1, got -5"),
+        (["demo", "--limit", "0"], "limit must be an integer >= 1, got 0"),
+        (["compress", "ptq", "--model", "vit-fmnist", "--recipe", "w8a8", "--out", "x", "--limit", "0"],
+         "limit must be an integer >= 1, got 0"),
+        (["--threads", "-1", "zoo", "list"], "threads must be an integer >= 1, got -1"),
+    ],
+)  # fmt: skip
+def test_numeric_options_are_checked_before_any_work(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

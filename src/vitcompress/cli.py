@@ -68,6 +68,10 @@ class DemoOptions:
     calib_size: int = 1000
     json: bool = False
 
+    def __post_init__(self) -> None:
+        positive_int("limit", self.limit)
+        positive_int("calib_size", self.calib_size)
+
 
 @dataclass(frozen=True)
 class EvalOptions:
@@ -82,6 +86,10 @@ class EvalOptions:
     limit: int | None = None
     batch_size: int = 256
     json: bool = False
+
+    def __post_init__(self) -> None:
+        positive_int("limit", self.limit, optional=True)
+        positive_int("batch_size", self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -396,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(g.threads)
         return args.run(args, g)
     except VitCompressError as e:
-        print(f"vitcompress: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever a wrapped library put in the message
+        print(f"vitcompress: error: {message}", file=sys.stderr)
         return 2
 
 
