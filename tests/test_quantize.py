@@ -95,3 +95,22 @@ def test_a_layout_names_only_a_vitcompress_builder(builder, tmp_path):
         restore(tmp_path / "m")
     save(model, tmp_path / "m")  # saving the plain model again removes the stale layout
     assert not (tmp_path / "m" / "layout.json").exists()
+
+
+def test_nan_weights_are_named_before_quantizing():
+    model = build_zoo_model("vit-fmnist").eval()
+    with torch.no_grad():
+        model.blocks[1].norm1.weight[0] = float("nan")
+    with pytest.raises(DataError, match=r"^model: weight blocks\.1\.norm1\.weight holds 1 NaN/Inf value"):
+        quantize_(model, get_preset("w8a8"), [_input(model, 2)])
+
+
+def test_a_saved_recipe_with_a_syntax_error_is_one_line(tmp_path):
+    model = build_zoo_model("vit-fmnist").eval()
+    model.vitcompress_source = {"name": "vit-fmnist"}
+    quantize_(model, get_preset("w8a8"), [_input(model, 2)])
+    save(model, tmp_path / "m")
+    (tmp_path / "m" / "manifest.json").unlink()  # a folder written before manifests, edited by hand
+    (tmp_path / "m" / "recipe.json").write_text('{"name": "w8a8",')
+    with pytest.raises(CheckpointError, match=r"recipe file .*recipe\.json: JSON syntax error at line 1, column 17"):
+        restore(tmp_path / "m")

@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import numbers
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from vitcompress.errors import ConfigError
-from vitcompress.validate import known_keys, one_of
+from vitcompress.errors import ConfigError, first_line
+from vitcompress.validate import known_keys, number, one_of
 
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 GROUP_BITS = (2, 3, 4, 5, 6, 7, 8, 16)  # per-group bit widths (a group cannot be "off")
@@ -23,6 +25,51 @@ SCHEMES = ("symmetric", "asymmetric", "log2", "ptf")
 GRANULARITIES = ("tensor", "channel", "group", "token")
 OBSERVERS = ("minmax", "percentile", "omse", "mse")
 ROLES = ("weight", "act", "qkv", "probs", "norm")  # what a quantization point quantizes
+
+
+def _check_group_size(name: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ConfigError(f"{name} must be a positive integer for granularity 'group', got {value!r}")
+
+
+def _check_group_bits(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise ConfigError(f"{name} must be a list of bit widths, got {value!r}")
+    values = tuple(value)
+    bad = [b for b in values if isinstance(b, bool) or not isinstance(b, numbers.Real) or b not in GROUP_BITS]
+    if not values or bad:
+        shown = repr(bad[0]) if bad else "[]"
+        raise ConfigError(f"{name} must be a non-empty list of values in {list(GROUP_BITS)}, got {shown}")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def _check_percentile(name: str, value: Any) -> None:
+    number(name, value, low=50.0, high=100.0, low_open=True)
+
+
+FIELD_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "bits": lambda n, v: one_of(n, v, ALLOWED_BITS),
+    "scheme": lambda n, v: one_of(n, v, SCHEMES),
+    "granularity": lambda n, v: one_of(n, v, GRANULARITIES),
+    "group_size": _check_group_size,
+    "observer": lambda n, v: one_of(n, v, OBSERVERS),
+    "percentile": _check_percentile,
+    "learnable": _check_bool,
+    "group_bits": _check_group_bits,
+}
+"""One check per :class:`QuantSpec` field that needs no other field (an override is checked with them when
+it is read; the checks across fields run when it is applied to a role default)."""
+
+
+def check_spec_field(name: str, value: Any) -> None:
+    """Raise :class:`ConfigError` naming ``name`` when ``value`` is not allowed for that QuantSpec field."""
+    FIELD_CHECKS[name](name, value)
 
 
 @dataclass(frozen=True)
@@ -54,32 +101,18 @@ class QuantSpec:
     group_bits: tuple[int, ...] | None = None  # last: positional construction keeps working
 
     def __post_init__(self) -> None:
-        one_of("bits", self.bits, ALLOWED_BITS)
-        one_of("scheme", self.scheme, SCHEMES)
-        one_of("granularity", self.granularity, GRANULARITIES)
-        one_of("observer", self.observer, OBSERVERS)
-        if self.granularity == "group":
-            if not isinstance(self.group_size, int) or self.group_size < 1:
-                raise ConfigError(
-                    f"group_size must be a positive integer for granularity 'group', got {self.group_size!r}"
-                )
-        elif self.group_size is not None:
-            raise ConfigError(f"group_size is only allowed with granularity 'group', got {self.group_size!r}")
+        if isinstance(self.group_bits, Iterator):  # read a generator once
+            object.__setattr__(self, "group_bits", tuple(self.group_bits))
+        for name in FIELD_CHECKS:
+            check_spec_field(name, getattr(self, name))
         if self.group_bits is not None:
-            if self.granularity != "group":
-                raise ConfigError(f"group_bits is only allowed with granularity 'group', got {self.granularity!r}")
-            if isinstance(self.group_bits, str) or not hasattr(self.group_bits, "__iter__"):
-                raise ConfigError(f"group_bits must be a list of bit widths, got {self.group_bits!r}")
-            gb = tuple(self.group_bits)
-            bad = [b for b in gb if isinstance(b, bool) or b not in GROUP_BITS]
-            if not gb or bad:
-                raise ConfigError(
-                    f"group_bits must be a non-empty list of values in {list(GROUP_BITS)}, "
-                    f"got {bad[0] if bad else '[]'!r}"
-                )
-            object.__setattr__(self, "group_bits", tuple(int(b) for b in gb))
-        if not 50.0 < self.percentile <= 100.0:
-            raise ConfigError(f"percentile must be in (50, 100], got {self.percentile!r}")
+            object.__setattr__(self, "group_bits", tuple(int(b) for b in self.group_bits))
+        if self.granularity == "group" and self.group_size is None:
+            raise ConfigError("group_size must be a positive integer for granularity 'group', got None")
+        if self.granularity != "group" and self.group_size is not None:
+            raise ConfigError(f"group_size is only allowed with granularity 'group', got {self.group_size!r}")
+        if self.granularity != "group" and self.group_bits is not None:
+            raise ConfigError(f"group_bits is only allowed with granularity 'group', got {self.granularity!r}")
         if self.scheme in ("log2", "ptf") and self.granularity != "tensor":
             raise ConfigError(f"granularity must be 'tensor' for scheme {self.scheme!r}, got {self.granularity!r}")
 
@@ -98,14 +131,45 @@ class QuantSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "QuantSpec") -> QuantSpec:
         _reject_unknown(d, cls, where)
-        return cls(**d)
+        try:
+            return cls(**d)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
 
 
-def _reject_unknown(d: dict, cls: type, where: str, extra: tuple = ()) -> None:
+def _reject_unknown(d: Any, cls: type, where: str, extra: tuple = ()) -> None:
+    """``d`` must be a mapping with string keys, each a field of ``cls`` (or in ``extra``)."""
+    if isinstance(d, Mapping):
+        odd = [k for k in d if not isinstance(k, str)]
+        if odd:
+            raise ConfigError(f"{where} has key {odd[0]!r} that is not a name; keys are field names")
     known_keys(where, d, [f.name for f in fields(cls)] + list(extra))
 
 
 UNKNOWN_LAYER_POLICIES = ("error", "float")
+
+
+def _override(item: Any) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """One ``(pattern, fields)`` override, normalised (fields sorted) and checked field by field; the checks
+    across fields (e.g. ``group_size`` needs granularity ``group``) wait for the role default it applies to."""
+    if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
+        raise ConfigError(f"overrides entries must be (pattern, fields) pairs, got {item!r}")
+    pattern, changes = item
+    where = f"overrides[{pattern!r}]"
+    if not isinstance(changes, Mapping):
+        if isinstance(changes, (str, bytes)) or not isinstance(changes, Iterable):
+            raise ConfigError(f"{where} fields must be a mapping, got {changes!r}")
+        pairs = list(changes)
+        if not all(isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) for p in pairs):
+            raise ConfigError(f"{where} fields must be (name, value) pairs, got {changes!r}")
+        changes = dict(pairs)
+    _reject_unknown(changes, QuantSpec, where)
+    for name, value in changes.items():
+        try:
+            check_spec_field(name, value)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    return pattern, tuple(sorted(changes.items()))
 
 
 @dataclass(frozen=True)
@@ -136,22 +200,18 @@ class Recipe:
     version: int = 1
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise ConfigError(f"name must be a string, got {self.name!r}")
         for role in ROLES:
             if not isinstance(getattr(self, role), QuantSpec):
                 raise ConfigError(f"{role} must be a QuantSpec, got {type(getattr(self, role)).__name__}")
+        _check_bool("bias_correction", self.bias_correction)
         one_of("unknown_layers", self.unknown_layers, UNKNOWN_LAYER_POLICIES)
-        if self.version != 1:
+        if self.version != 1 or isinstance(self.version, bool):
             raise ConfigError(f"version must be one of [1], got {self.version!r}")
-        normalised = []
-        for item in self.overrides:
-            if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
-                raise ConfigError(f"overrides entries must be (pattern, fields) pairs, got {item!r}")
-            pattern, changes = item
-            changes = tuple(sorted(dict(changes).items()))
-            # validate now: the partial spec must make a valid spec on top of any role default
-            _reject_unknown(dict(changes), QuantSpec, f"overrides[{pattern!r}]")
-            normalised.append((pattern, changes))
-        object.__setattr__(self, "overrides", tuple(normalised))
+        if isinstance(self.overrides, (str, bytes, Mapping)) or not isinstance(self.overrides, Iterable):
+            raise ConfigError(f"overrides must be a list of (pattern, fields) pairs, got {self.overrides!r}")
+        object.__setattr__(self, "overrides", tuple(_override(item) for item in self.overrides))
 
     def spec_for(self, point: str, role: str) -> QuantSpec:
         """The spec of quantization point ``point`` with role ``role`` after overrides."""
@@ -191,6 +251,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Recipe:
+        """The recipe :meth:`to_dict` wrote; ConfigError naming the field for anything else."""
         _reject_unknown(d, cls, "recipe", extra=("type",))
         if d.get("type", "vitcompress.Recipe") != "vitcompress.Recipe":
             raise ConfigError(f"type must be 'vitcompress.Recipe', got {d.get('type')!r}")
@@ -198,12 +259,15 @@ class Recipe:
         for role in ROLES:
             if role in kwargs:
                 kwargs[role] = QuantSpec.from_dict(kwargs[role], where=f"recipe.{role}")
+        items = kwargs.get("overrides", [])
+        if not isinstance(items, list):
+            raise ConfigError(f"overrides must be a list of mappings with a 'pattern' key, got {items!r}")
         overrides = []
-        for i, o in enumerate(kwargs.get("overrides", [])):
-            if not isinstance(o, dict) or "pattern" not in o:
+        for i, o in enumerate(items):
+            if not isinstance(o, Mapping) or "pattern" not in o:
                 raise ConfigError(f"overrides[{i}] must be a mapping with a 'pattern' key, got {o!r}")
             o = dict(o)
-            overrides.append((o.pop("pattern"), tuple(o.items())))
+            overrides.append((o.pop("pattern"), o))
         kwargs["overrides"] = tuple(overrides)
         return cls(**kwargs)
 
@@ -214,16 +278,120 @@ class Recipe:
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
-        """Read a recipe from a ``.yaml``/``.yml`` or ``.json`` file."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"recipe file {path} does not exist")
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+        """Read a recipe from a ``.yaml``/``.yml`` or a ``.json`` file (any other suffix is read as JSON).
 
-            return cls.from_dict(yaml.safe_load(text))
-        return cls.from_dict(json.loads(text))
+        Raises:
+            ConfigError: one line naming the file: missing or unreadable, a syntax error (with its line and
+                column), empty, not a mapping, or a field the recipe does not allow.
+        """
+        path = Path(path)
+        load = load_yaml_file if path.suffix in (".yaml", ".yml") else load_json_file
+        data = load(path, "recipe file")
+        if data is None:
+            raise ConfigError(f"recipe file {path} is empty")
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"recipe file {path} must hold a mapping of recipe fields, got a {_kind(data)}")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"recipe file {path}: {e}") from None
+
+
+# ---- reading recipe (and other JSON/YAML) files ----------------------------------------------------
+_KINDS = {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def _kind(value: Any) -> str:
+    return _KINDS.get(type(value), type(value).__name__)
+
+
+def _read_text(path: Path, what: str, error: type[Exception]) -> str:
+    if not path.is_file():
+        raise error(f"{what} {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {path} is not UTF-8 text (bad byte at offset {e.start})") from None
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror or first_line(e)}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ConfigError(f"duplicate key {key!r}")
+        seen[key] = value
+    return seen
+
+
+def load_json_file(path: str | Path, what: str = "file", error: type[Exception] = ConfigError) -> Any:
+    """The JSON value of file ``path``; None for an empty file.
+
+    Every failure is one line of ``error`` naming ``what`` and the file: missing or unreadable, not UTF-8,
+    a syntax error (with its line and column), a duplicate key, nesting too deep for the parser.
+    """
+    path = Path(path)
+    text = _read_text(path, what, error)
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as e:
+        raise error(f"{what} {path}: JSON syntax error at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except ConfigError as e:  # a duplicate key
+        raise error(f"{what} {path}: {e}") from None
+    except RecursionError:
+        raise error(f"{what} {path} is nested too deeply to read") from None
+
+
+def _yaml_loader() -> type:
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen = set()
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base': later keys override it
+                        continue
+                    key = self.construct_object(key_node, deep=deep)
+                    try:
+                        duplicate = key in seen
+                        seen.add(key)
+                    except TypeError:  # an unhashable key: the base class reports it
+                        continue
+                    if duplicate:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key!r}", key_node.start_mark
+                        )
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def load_yaml_file(path: str | Path, what: str = "file", error: type[Exception] = ConfigError) -> Any:
+    """The YAML value of file ``path`` (safe types only); None for an empty file.
+
+    Failures are one line of ``error`` as for :func:`load_json_file`; a syntax error names its line and column.
+    """
+    import yaml
+
+    path = Path(path)
+    text = _read_text(path, what, error)
+    try:
+        return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = ", ".join(first_line(t) for t in (e.context, e.problem) if t) or first_line(e)
+        kind = "YAML error" if isinstance(e, yaml.constructor.ConstructorError) else "YAML syntax error"
+        raise error(f"{what} {path}: {kind}{where}: {problem}") from None
+    except yaml.YAMLError as e:
+        raise error(f"{what} {path}: YAML error: {first_line(e)}") from None
+    except RecursionError:
+        raise error(f"{what} {path} is nested too deeply to read") from None
 
 
 # ---- presets -------------------------------------------------------------------------------------

@@ -26,3 +26,16 @@ class UnsupportedModelError(VitCompressError):
 
 class StateError(VitCompressError):
     """An operation was called in the wrong order (e.g. refining a model that was never quantized)."""
+
+
+def first_line(error: BaseException | str) -> str:
+    """The first non-empty line of a (third-party) error message, for embedding in one of ours.
+
+    torch, PIL and ONNX often raise multi-line messages (a summary, then details or a traceback); ours
+    stay one line. An empty message gives the exception's type name.
+    """
+    text = str(error)
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__ if isinstance(error, BaseException) else ""

@@ -51,8 +51,14 @@ def write_manifest(folder: Path, writer: dict[str, Any]) -> None:
     }
     write_json(
         folder / MANIFEST_FILE,
-        {"type": MANIFEST_TYPE, "version": 1, "vitcompress": __version__, "written": time.time(), **writer,
-         "files": files},  # fmt: skip
+        {
+            "type": MANIFEST_TYPE,
+            "version": 1,
+            "vitcompress": __version__,
+            "written": time.time(),
+            **writer,
+            "files": files,
+        },  # fmt: skip
     )
 
 

@@ -9,7 +9,6 @@ included) and the recipe, so that restore rebuilds the same modules and gives th
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import shutil
@@ -22,12 +21,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from vitcompress.config import Recipe
+from vitcompress.config import Recipe, load_json_file
 from vitcompress.data.calib import iter_images
 from vitcompress.errors import CheckpointError, ConfigError, StateError
 from vitcompress.eval.classification import check_input
 from vitcompress.io import write_json
 from vitcompress.models.checkpoint import load_weights, save_weights
+from vitcompress.nn.checks import check_finite_weights
 from vitcompress.nn.convert import point_role, prepare, quantization_points
 from vitcompress.nn.linear import QuantConv2d, QuantLinear
 from vitcompress.outputs import swap_into_place, verify_manifest, write_manifest
@@ -111,6 +111,7 @@ def quantize_(
         The same model, quantized and in eval mode.
     """
     t0 = time.perf_counter()
+    check_finite_weights(model)
     prepare(model, recipe)
     _calibrate_weights(model)
     needs_data = any(
@@ -164,7 +165,7 @@ def save(model: nn.Module, path: str | Path) -> Path:
 def _rebuild_layout(model: nn.Module, path: Path) -> None:
     """Apply a saved ``layout.json`` to a prepared model (see ``LAYOUT_ATTR``); only vitcompress's own
     builders are imported, never a name from elsewhere."""
-    layout = json.loads(path.read_text())
+    layout = load_json_file(path, "layout file", CheckpointError)
     builder = layout.get("builder", "") if isinstance(layout, dict) else ""
     module, _, function = str(builder).partition(":")
     if not module.startswith("vitcompress.methods.") or not function.isidentifier():
@@ -179,7 +180,7 @@ def _float_model(path: Path) -> nn.Module:
         raise CheckpointError(f"{path} has no {SOURCE_FILE}: pass the float model to restore(path, model)")
     from vitcompress.models.registry import model_from_source
 
-    return model_from_source(json.loads((path / SOURCE_FILE).read_text()), weights=False)
+    return model_from_source(load_json_file(path / SOURCE_FILE, "model source", CheckpointError), weights=False)
 
 
 def restore(path: str | Path, model: nn.Module | None = None) -> nn.Module:
@@ -198,7 +199,10 @@ def restore(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         if not (path / name).is_file():
             raise CheckpointError(f"{path} is not a saved vitcompress model: {name} is missing")
     verify_manifest(path)  # folders saved before manifests existed have none: they load as they are
-    recipe = Recipe.from_dict(json.loads((path / RECIPE_FILE).read_text()))
+    try:
+        recipe = Recipe.load(path / RECIPE_FILE)  # one line: the file and the line/column, or the bad field
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
     model = _float_model(path) if model is None else model
     prepare(model, recipe)
     setattr(model, RECIPE_ATTR, recipe)  # a layout builder may ask for it
@@ -206,13 +210,18 @@ def restore(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         _rebuild_layout(model, path / LAYOUT_FILE)
     load_weights(model, path / WEIGHTS_FILE)
     if (path / SPARSITY_FILE).is_file():
-        saved = json.loads((path / SPARSITY_FILE).read_text())
-        if saved.get("type") != "vitcompress.Sparsity" or not isinstance(saved.get("layers"), dict):
+        saved = load_json_file(path / SPARSITY_FILE, "sparsity plan", CheckpointError)
+        if (
+            not isinstance(saved, dict)
+            or saved.get("type") != "vitcompress.Sparsity"
+            or not isinstance(saved.get("layers"), dict)
+        ):
             raise CheckpointError(f"{path / SPARSITY_FILE} is not a vitcompress sparsity file")
         masks_from_weights_(model, saved["layers"])
     if recipe.bias_correction:
         for m in model.modules():
             if isinstance(m, (QuantLinear, QuantConv2d)):
                 m.bias_correction = True
+    check_finite_weights(model, str(path))  # NaN tensors are refused on load; this adds zero scales
     setattr(model, RECIPE_ATTR, recipe)
     return model.eval()

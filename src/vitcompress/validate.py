@@ -83,6 +83,6 @@ def known_keys(where: str, data: Mapping[str, Any], allowed: Iterable[str]) -> N
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
     allowed = sorted(set(allowed))
-    unknown = sorted(set(data) - set(allowed))
+    unknown = sorted(set(data) - set(allowed), key=str)
     if unknown:
         raise ConfigError(f"{where} has unknown key {unknown[0]!r}; allowed keys: {allowed}")

@@ -94,3 +94,79 @@ def test_debian_fashion_mnist():
     ds = load_dataset(InputSpec(28, 1), "test")
     assert len(ds) == 10_000
     assert torch.bincount(ds.targets).tolist() == [1000] * 10
+
+
+# ---- idx files whose values are not what Fashion-MNIST holds: one line naming the file -----------------
+def _write_typed_idx(path: Path, array: np.ndarray) -> None:
+    """An idx file of ``array``'s own type (float32 0x0D, float64 0x0E, int32 0x0C)."""
+    code, dtype = {np.dtype(np.float32): (0x0D, ">f4"), np.dtype(np.float64): (0x0E, ">f8")}.get(
+        array.dtype, (0x0C, ">i4")
+    )
+    header = bytes([0, 0, code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(dtype).tobytes())
+
+
+@pytest.mark.parametrize(
+    "pixels, message",
+    [
+        (
+            np.full((20, 28, 28), 255000.0, np.float32),
+            r"pixel values must be whole numbers in 0\.\.255.*e\.g\. 255000\.0",
+        ),
+        (np.full((20, 28, 28), 0.5, np.float32), r"15680 are not, e\.g\. 0\.5 \(image 0\)"),  # scaled to [0, 1]
+        (np.full((20, 28, 28), -1.0), r"e\.g\. -1\.0"),
+        (np.full((20, 28, 28), 300, np.int32), r"e\.g\. 300 "),
+    ],
+)
+def test_idx_pixels_outside_8_bit_grey_levels_are_flagged(tiny_root, pixels, message):
+    path = tiny_root / "t10k-images-idx3-ubyte.gz"
+    _write_typed_idx(path, pixels)
+    with pytest.raises(DataError, match=message) as e:
+        load_dataset(InputSpec(28, 1), "test", tiny_root)
+    assert str(e.value).startswith(str(path))
+
+
+def test_idx_non_finite_pixels_are_flagged(tiny_root):
+    pixels = np.zeros((20, 28, 28), np.float32)
+    pixels[7, 3, 3], pixels[9, 0, 0] = np.nan, np.inf
+    _write_typed_idx(tiny_root / "t10k-images-idx3-ubyte.gz", pixels)
+    with pytest.raises(DataError, match=r"t10k-images.*: pixel values .* 2 are not, e\.g\. nan \(image 7\)"):
+        load_dataset(InputSpec(28, 1), "test", tiny_root)
+
+
+def test_idx_float_pixels_that_are_grey_levels_load_as_uint8(tiny_root):
+    expected = load_dataset(InputSpec(28, 1), "test", tiny_root)
+    _write_typed_idx(tiny_root / "t10k-images-idx3-ubyte.gz", expected.images.numpy().astype(np.float32))
+    ds = load_dataset(InputSpec(28, 1), "test", tiny_root)
+    assert ds.images.dtype == torch.uint8 and torch.equal(ds.images, expected.images)
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.arange(20) % 10 + 3, r"labels must be class indices 0\.\.9; 6 are not, e\.g\. 10 \(image 7\)"),
+        (np.arange(20) - 1, r"labels must be class indices 0\.\.9; 10 are not, e\.g\. -1 \(image 0\)"),
+        (np.full(20, 2.5), r"e\.g\. 2\.5"),
+        (np.zeros((20, 2), np.int32), r"labels must be one dimension"),
+    ],
+)
+def test_idx_labels_outside_the_classes_are_flagged(tiny_root, labels, message):
+    path = tiny_root / "t10k-labels-idx1-ubyte.gz"
+    _write_typed_idx(path, labels)
+    with pytest.raises(DataError, match=message) as e:
+        load_dataset(InputSpec(28, 1), "test", tiny_root)
+    assert str(e.value).startswith(str(path))
+
+
+def test_check_labels():
+    from vitcompress.data.datasets import check_labels
+
+    check_labels(torch.tensor([0, 9, 3]), 10, "batch 0")
+    check_labels(torch.tensor([], dtype=torch.int64), 10, "batch 0")
+    with pytest.raises(DataError, match=r"^batch 2: label 10 is outside the class range 0\.\.9 \(the model has 10"):
+        check_labels(torch.tensor([0, 10, 3]), 10, "batch 2")
+    with pytest.raises(DataError, match=r"label -1 is outside the class range 0 or more"):
+        check_labels(torch.tensor([-1]), None, "batch 0")
+    with pytest.raises(DataError, match=r"labels must be integer class indices, got dtype torch.float32"):
+        check_labels(torch.tensor([1.0]), 10, "batch 0")

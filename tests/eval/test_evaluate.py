@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from vitcompress.errors import DataError
+from vitcompress.errors import ConfigError, DataError
 from vitcompress.eval import evaluate
 from vitcompress.models.zoo import build_zoo_model
 
@@ -47,4 +47,48 @@ def test_empty_data_and_wrong_input_shape_are_errors():
     model = build_zoo_model("vit-fmnist")
     data = [(torch.zeros(2, 3, 28, 28), torch.zeros(2, dtype=torch.long))]
     with pytest.raises(DataError, match=r"expected \(N, 1, 28, 28\), got \(2, 3, 28, 28\)"):
+        evaluate(model, data)
+
+
+@pytest.mark.parametrize("limit", [0, -5, 2.5])
+def test_limit_must_be_positive_and_is_named(limit):
+    with pytest.raises(ConfigError, match=rf"^limit must be an integer >= 1, got {limit}$"):
+        evaluate(FixedLogits(), _data(), limit=limit)
+
+
+def test_batch_size_must_be_positive():
+    with pytest.raises(ConfigError, match=r"^batch_size must be an integer >= 1, got 0$"):
+        evaluate(FixedLogits(), _data(), batch_size=0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_input_pixels_are_an_error_naming_the_batch(bad):
+    x, y = _data().tensors
+    x = x.clone()
+    x[3, 2] = bad
+    with pytest.raises(
+        DataError, match=r"^evaluation batch 1 \(images 2\.\.3\) contains NaN or Inf values in 1 image$"
+    ):
+        evaluate(FixedLogits(), TensorDataset(x, y), batch_size=2)
+
+
+def test_labels_outside_the_model_classes_are_an_error_naming_the_batch():
+    x, y = _data().tensors
+    y = y.clone()
+    y[4] = 12
+    with pytest.raises(
+        DataError, match=r"^evaluation batch 2 \(images 4\.\.4\): label 12 is outside the class range 0\.\.9"
+    ):
+        evaluate(FixedLogits(), TensorDataset(x, y), batch_size=2)
+    y[4] = -1
+    with pytest.raises(DataError, match=r"label -1 is outside"):
+        evaluate(FixedLogits(), TensorDataset(x, y), batch_size=2)
+
+
+def test_non_finite_model_output_is_an_error():
+    model = build_zoo_model("vit-fmnist")
+    with torch.no_grad():
+        model.head.weight[3, 0] = float("nan")
+    data = [(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))]
+    with pytest.raises(DataError, match=r"model's output on evaluation batch 0 \(images 0\.\.1\) holds NaN or Inf"):
         evaluate(model, data)

@@ -63,6 +63,22 @@ def test_truncated_and_mismatched_checkpoints(tmp_path):
     assert "good.safetensors" in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("key, bad", [("blocks.0.attn.qkv.weight", float("nan")), ("pos_embed", float("-inf"))])
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_non_finite_weights_in_a_checkpoint_are_refused_naming_the_tensor(tmp_path, key, bad, suffix):
+    state = {k: v.detach().contiguous().clone() for k, v in build_zoo_model("vit-fmnist").state_dict().items()}
+    state[key].view(-1)[[0, 5, 9]] = bad
+    path = tmp_path / f"w{suffix}"
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    with pytest.raises(CheckpointError) as e:
+        load_model("vit-fmnist", checkpoint=path)
+    n = state[key].numel()
+    assert str(e.value) == (
+        f"checkpoint {path}: tensor {key!r} holds 3 NaN/Inf values (of {n}); "
+        "the file is corrupt or the run that wrote it diverged"
+    )
+
+
 @pytest.mark.parametrize("name", shipped)
 def test_shipped_checkpoint_reproduces_manifest(name):
     manifest = json.loads(ZOO[name].manifest.read_text())

@@ -235,6 +235,28 @@ def test_errors_name_the_quantizer():
         make_quantizer(QuantSpec(8, "symmetric", "channel"), name, 0, 3).observe(torch.randn(4, 2))
 
 
+@pytest.mark.parametrize(
+    "spec, n, overflows",
+    [
+        (QuantSpec(8, "asymmetric"), None, True),  # hi - lo = 6.8e38 overflows float32
+        (QuantSpec(8, "asymmetric", "channel"), 2, True),
+        (QuantSpec(8, "symmetric"), None, False),  # max(|lo|, |hi|) / 127 stays finite
+        (QuantSpec(4, "symmetric", "group", group_size=1), 2, False),
+    ],
+)
+def test_a_scale_that_overflows_float32_is_an_error_naming_the_quantizer(spec, n, overflows):
+    name = "blocks.0.mlp.fc1.input"
+    q = make_quantizer(spec, name, 0, n)
+    q.observe(torch.tensor([[-3.4e38, 3.4e38], [3.4e38, -3.4e38]]))
+    if not overflows:
+        q.compute_qparams()
+        assert bool(torch.isfinite(q.scale).all() and (q.scale > 0).all())
+        return
+    with pytest.raises(DataError, match=rf"^quantizer {name}: calibration gave scale inf; the observed values"):
+        q.compute_qparams()
+    assert not q.is_calibrated
+
+
 def test_dynamic_per_token():
     torch.manual_seed(0)
     x = torch.randn(4, 10, 16)

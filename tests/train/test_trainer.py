@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from vitcompress.errors import ConfigError
+from vitcompress.errors import ConfigError, DataError, StateError
 from vitcompress.sparsity import check_sparsity, mask_gradients_, sparsify_
 from vitcompress.train.schedule import warmup_cosine
 from vitcompress.train.trainer import TrainConfig, step_indices, train
@@ -142,3 +142,68 @@ def test_ddp_two_processes_match_one_process(tmp_path):
         torch.testing.assert_close(b["state"][key], value, rtol=0, atol=1e-5, msg=key)
     for ha, hb in zip(a["history"], b["history"]):
         assert abs(ha["loss"] - hb["loss"]) < 1e-5
+
+
+# ---- one line for every failure; non-finite values caught --------------------------------------------------
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\x80\x02corrupt", r"cannot read trainer state .*trainer_state\.pt: .*; remove it to start over$"),
+        (b"", r"cannot read trainer state .*trainer_state\.pt: "),
+        ("list", r"trainer_state\.pt is not a trainer state \(keys \['history', 'model'"),
+        ("other model", r"trainer state .*trainer_state\.pt does not fit this run \(Error\(s\) in loading state_dict"),
+        ("pickled object", r"cannot read trainer state .*: it holds Python objects a weights-only load refuses"),
+    ],
+)
+def test_corrupt_or_foreign_trainer_state_is_one_line_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "trainer_state.pt"
+    if content == "list":
+        torch.save([1, 2], path)
+    elif content == "other model":
+        torch.save({"model": {"w": torch.zeros(2)}, "optimizer": {}, "step": 1, "seconds": 0.0, "history": []}, path)
+    elif content == "pickled object":
+        torch.save({"model": ConfigError("x")}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(StateError, match=message) as e:
+        train(tiny_vit(), ce, data(), TrainConfig(steps=1, batch_size=16), state_dir=tmp_path, resume=True)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"steps": 0}, r"^steps must be an integer >= 1, got 0$"),
+        ({"batch_size": -4}, r"^batch_size must be an integer >= 1, got -4$"),
+        ({"lr": float("nan")}, r"^lr must be a finite number > 0, got nan$"),
+        ({"lr": 0.0}, r"^lr must be a finite number > 0"),
+        ({"grad_clip": float("inf")}, r"^grad_clip must be a finite number >= 0"),
+        ({"min_lr": -1e-6}, r"^min_lr must be a finite number >= 0"),
+        ({"warmup_steps": -1}, r"^warmup_steps must be an integer >= 0"),
+        ({"checkpoint_every": 1.5}, r"^checkpoint_every must be an integer >= 0"),
+    ],
+)
+def test_train_config_numbers_are_validated(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{"steps": 1, **kwargs})
+
+
+def test_non_finite_batch_labels_out_of_range_and_nan_loss_stop_training(tmp_path):
+    x, y = data().tensors
+    bad = x.clone()
+    bad[5, 0, 0, 0] = float("nan")
+    cfg = TrainConfig(steps=3, batch_size=48)
+    with pytest.raises(DataError, match=r"^train: training batch of step 0: dataset item 5 holds NaN or Inf pixel"):
+        train(tiny_vit(), ce, TensorDataset(bad, y), cfg)
+    labels = y.clone()
+    labels[7] = 10
+    with pytest.raises(
+        DataError, match=r"^train: training batch of step 0: label 10 is outside the class range 0\.\.9"
+    ):
+        train(tiny_vit(), ce, TensorDataset(x, labels), cfg)
+    model = tiny_vit()
+    with torch.no_grad():
+        model.head.bias[2] = float("inf")
+    with pytest.raises(DataError, match=r"^train: the loss is NaN or Inf at step 0: the training diverged"):
+        train(model, ce, data(), cfg, state_dir=tmp_path)
+    assert not (tmp_path / "trainer_state.pt").exists()  # nothing diverged was saved

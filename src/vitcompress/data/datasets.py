@@ -116,8 +116,8 @@ class FashionMNIST(Dataset):
         if spec is None and transform is None:
             raise DataError("FashionMNIST needs an InputSpec or a transform")
         images, labels = (_find_idx(root, name) for name in FMNIST_FILES[split])
-        self.images = torch.from_numpy(read_idx(images).copy())  # (N, 28, 28) uint8
-        self.targets = torch.from_numpy(read_idx(labels).astype(np.int64))
+        self.images = torch.from_numpy(_pixels(read_idx(images), images))  # (N, H, W) uint8
+        self.targets = torch.from_numpy(_labels(read_idx(labels), labels, len(self.classes)))
         if self.images.dim() != 3 or len(self.images) != len(self.targets):
             raise DataError(
                 f"{images} and {labels} disagree: {tuple(self.images.shape)} images, {len(self.targets)} labels"
@@ -137,6 +137,42 @@ class FashionMNIST(Dataset):
         if self.augment:
             x = random_crop_flip(x, pad=2, generator=self.generator)
         return fit_to_model(x, self.spec), int(self.targets[i])
+
+
+def _whole_in_range(a: np.ndarray, low: int, high: int) -> np.ndarray:
+    """Mask of the values of ``a`` that are not whole numbers in ``[low, high]`` (NaN and Inf included)."""
+    if a.dtype.kind in "ui":
+        return (a < low) | (a > high)
+    with np.errstate(invalid="ignore"):
+        return ~(np.isfinite(a) & (a >= low) & (a <= high) & (a == np.round(a)))
+
+
+def _pixels(a: np.ndarray, path: Path) -> np.ndarray:
+    """An idx image array as uint8; DataError naming the file when a value is not an 8-bit grey level
+    (a float file scaled to [0, 1] or to [0, 65535], NaN or Inf)."""
+    if a.dtype == np.uint8:
+        return a.copy()
+    bad = _whole_in_range(a, 0, 255)
+    if bad.any():
+        first = a[bad].flat[0].item()
+        raise DataError(
+            f"{path}: pixel values must be whole numbers in 0..255 (8-bit grey levels); {int(bad.sum())} are not, "
+            f"e.g. {first!r} (image {int(np.argwhere(bad)[0][0])})"
+        )
+    return a.astype(np.uint8)
+
+
+def _labels(a: np.ndarray, path: Path, classes: int) -> np.ndarray:
+    """An idx label array as int64; DataError naming the file when a label is not a class index."""
+    if a.ndim != 1:
+        raise DataError(f"{path}: labels must be one dimension (one per image), got shape {a.shape}")
+    bad = _whole_in_range(a, 0, classes - 1)
+    if bad.any():
+        raise DataError(
+            f"{path}: labels must be class indices 0..{classes - 1}; {int(bad.sum())} are not, "
+            f"e.g. {a[bad].flat[0].item()!r} (image {int(np.argwhere(bad)[0][0])})"
+        )
+    return a.astype(np.int64)
 
 
 def _find_idx(root: Path, stem: str) -> Path:
@@ -326,3 +362,19 @@ def check_classes(dataset: Dataset, model: nn.Module) -> None:
             f"{where} has {n} classes but the model has num_classes={m}: load a model with --num-classes {n} "
             f"(and weights trained on those {n} classes)"
         )
+
+
+def check_labels(labels: torch.Tensor, num_classes: int | None, where: str) -> None:
+    """Raise a one-line DataError when ``labels`` are not class indices ``0 .. num_classes - 1``.
+
+    ``where`` names the batch or file; ``num_classes`` None checks only that labels are whole and >= 0.
+    """
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise DataError(f"{where}: labels must be integer class indices, got dtype {labels.dtype}")
+    if labels.numel() == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or (num_classes is not None and high >= num_classes):
+        bad = low if low < 0 else high
+        allowed = f"0..{num_classes - 1} (the model has {num_classes} classes)" if num_classes else "0 or more"
+        raise DataError(f"{where}: label {bad} is outside the class range {allowed}")

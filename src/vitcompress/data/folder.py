@@ -16,14 +16,10 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from vitcompress.data.datasets import base_dataset
-from vitcompress.errors import DataError
+from vitcompress.errors import DataError, first_line
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit grayscale PNG/TIFF
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def read_image(path: str | Path):
@@ -39,7 +35,7 @@ def read_image(path: str | Path):
             img.load()
             return img.copy() if img.mode not in _WIDE_GRAY else _to_8bit(img)
     except Exception as e:  # any decoder failure (OSError, SyntaxError, ValueError, DecompressionBombError)
-        raise DataError(f"cannot read image {path}: {_one_line(e)}") from None
+        raise DataError(f"cannot read image {path}: {first_line(e)}") from None
 
 
 def _to_8bit(img):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitcompress.errors import DataError
+from vitcompress.errors import DataError, first_line
 
 # idx type codes -> numpy dtype (big endian)
 _DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -20,7 +20,7 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:
-        raise DataError(f"cannot read idx file {path}: {e}") from e
+        raise DataError(f"cannot read idx file {path}: {first_line(e)}") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise DataError(f"{path} is not an idx file (bad magic number)")
     ndim = raw[3]

@@ -13,8 +13,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from vitcompress.data.datasets import make_loader
+from vitcompress.data.datasets import check_labels, make_loader
 from vitcompress.errors import DataError
+from vitcompress.validate import positive_int
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,29 @@ def check_input(model: nn.Module, x: torch.Tensor) -> None:
         )
 
 
+def _check_batch(model: nn.Module, x: torch.Tensor, i: int, first: int) -> None:
+    """The input checks of evaluation batch ``i`` (images ``first`` on): shape (first batch), finite pixels."""
+    if i == 0:
+        check_input(model, x)
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+        raise DataError(
+            f"evaluation batch {i} (images {first}..{first + len(x) - 1}) contains NaN or Inf values "
+            f"in {bad} image{'s' if bad > 1 else ''}"
+        )
+
+
+def _check_output(logits: torch.Tensor, y: torch.Tensor, i: int, first: int) -> None:
+    """The model's output of batch ``i`` is finite and its labels index its classes."""
+    where = f"evaluation batch {i} (images {first}..{first + len(y) - 1})"
+    if not bool(torch.isfinite(logits).all()):
+        raise DataError(
+            f"the model's output on {where} holds NaN or Inf although the images are finite: "
+            "check the weights and quantizer scales"
+        )
+    check_labels(y, logits.shape[1], where)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -60,10 +84,19 @@ def evaluate(
 
     Args:
         data: a Dataset of (image, label), or a DataLoader / any iterable of (images, labels) batches.
-        limit: evaluate only the first ``limit`` images.
+        batch_size: images per batch for a Dataset (>= 1).
+        limit: evaluate only the first ``limit`` images (>= 1; None: all).
         workers: DataLoader decoding processes for a Dataset (None: the dataset's own, see
             :func:`~vitcompress.data.datasets.make_loader`); the metrics do not depend on it.
+
+    Raises:
+        ConfigError: ``batch_size`` or ``limit`` is not a positive integer (named).
+        DataError: no images; a batch does not fit the model; a batch holds NaN or Inf pixels; a label is
+            outside the model's classes; the model's output holds NaN or Inf (each names the batch). Non-finite
+            inputs are an error, not a count: a metric over the finite images only would not be comparable.
     """
+    positive_int("batch_size", batch_size)
+    positive_int("limit", limit, optional=True)
     model.eval()
     if isinstance(data, Dataset) and limit is not None:
         data = Subset(data, range(min(limit, len(data))))
@@ -71,16 +104,16 @@ def evaluate(
     correct1 = correct5 = seen = 0
     loss_sum, seconds = 0.0, 0.0
     bar = tqdm(loader, desc="eval", leave=False, mininterval=1.0)
-    for x, y in bar:
+    for i, (x, y) in enumerate(bar):
         if limit is not None and seen >= limit:
             break
         if limit is not None:
             x, y = x[: limit - seen], y[: limit - seen]
-        if seen == 0:
-            check_input(model, x)
+        _check_batch(model, x, i, seen)
         t0 = time.perf_counter()
         logits = model(x)
         seconds += time.perf_counter() - t0
+        _check_output(logits, y, i, seen)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         correct1 += (top[:, 0] == y).sum().item()

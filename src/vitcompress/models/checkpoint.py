@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitcompress.errors import CheckpointError
+from vitcompress.errors import CheckpointError, first_line
 from vitcompress.io import atomic_path
 
 # wrapper keys of training checkpoints (timm train.py, torchvision references, Lightning-style dicts), in
@@ -32,12 +32,13 @@ SHAPE_HINTS = {
 }
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    unsupported = re.search(r"Unsupported global: GLOBAL [\w.]+", text)  # weights_only refused an object
+def load_error(e: BaseException) -> str:
+    """One line saying why ``torch.load`` (weights only) or safetensors refused a file: a pickled object
+    is named (torch's message about it spans many lines), anything else is its message's first line."""
+    unsupported = re.search(r"Unsupported global: GLOBAL [\w.]+", str(e))  # weights_only refused an object
     if unsupported:
         return f"it holds Python objects a weights-only load refuses ({unsupported.group(0)}); save state_dict()"
-    return text.splitlines()[0] if text else type(e).__name__
+    return first_line(e)
 
 
 def _safe_globals():
@@ -79,7 +80,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         with _safe_globals():
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated, pickled objects, or not a checkpoint at all
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: {_first_line(e)}") from e
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: {load_error(e)}") from e
     obj = _unwrap(obj)
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         found = sorted(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
@@ -103,8 +104,9 @@ def check_fits(
 ) -> None:
     """Raise one-line :class:`CheckpointError` if ``state`` does not fit ``model``'s state dict.
 
-    The first key whose shape differs is named with both shapes; else the missing and unexpected keys.
-    ``where`` names the file; ``describe`` names a key (e.g. with the name it had in the file).
+    The first key whose shape differs is named with both shapes; else the missing and unexpected keys;
+    else the first tensor holding NaN or Inf (:func:`check_finite_state`). ``where`` names the file;
+    ``describe`` names a key (e.g. with the name it had in the file).
     """
     expected = model.state_dict()
     for key, value in expected.items():
@@ -120,6 +122,22 @@ def check_fits(
     problems += [f"unexpected key{'s' if len(extra) > 1 else ''} {_listed(extra, describe)}"] if extra else []
     if problems:
         raise CheckpointError(f"{where} does not fit the model: {'; '.join(problems)}")
+    check_finite_state(state, where, describe)
+
+
+def check_finite_state(state: Mapping[str, torch.Tensor], where: str, describe: Callable[[str], str] = repr) -> None:
+    """Raise one-line :class:`CheckpointError` naming the first floating-point tensor that holds NaN or Inf.
+
+    Weights, biases and quantizer scales of a usable model are finite; a NaN in one of them makes every
+    output NaN (or, for a single class's logit, a plausible-looking but wrong accuracy).
+    """
+    for key, value in state.items():
+        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f"{where}: tensor {describe(key)} holds {bad} NaN/Inf value{'s' if bad > 1 else ''} "
+                f"(of {value.numel()}); the file is corrupt or the run that wrote it diverged"
+            )
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:

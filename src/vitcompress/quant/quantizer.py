@@ -100,6 +100,14 @@ class Quantizer(nn.Module):
     def _error(self, message: str) -> DataError:
         return DataError(f"quantizer {self.name or '<unnamed>'}: {message}")
 
+    def _check_qparams(self, scale: torch.Tensor, zero: torch.Tensor) -> None:
+        """A computed scale must be finite and > 0, a zero point finite (a finite range wider than float32
+        can hold, e.g. [-3e38, 3e38], overflows to an infinite scale)."""
+        if not bool(torch.isfinite(scale).all() and (scale > 0).all() and torch.isfinite(zero).all()):
+            bad = scale[~(torch.isfinite(scale) & (scale > 0))]
+            shown = f"scale {bad.flatten()[0].item():g}" if bad.numel() else "a non-finite zero point"
+            raise self._error(f"calibration gave {shown}; the observed values are too large for float32 ranges")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fake-quantize ``x`` (STE gradients); ``x`` itself when inactive or calibrating."""
         if not self.active:
@@ -267,6 +275,7 @@ class UniformQuantizer(Quantizer):
             raise self._error("statistics contain NaN or Inf")
         bits_t = bits.to(lo.device) if isinstance(bits, torch.Tensor) else bits
         scale, zero, _, _ = qparams_from_range(lo, hi, bits_t, self.symmetric)
+        self._check_qparams(scale, zero)
         with torch.no_grad():
             self.scale.copy_(scale)
             self.zero_point.copy_(zero)
@@ -372,8 +381,7 @@ class PTFQuantizer(Quantizer):
         if self._obs is None:
             raise self._error("no data observed; run calibration first")
         scale, zero, alpha = self._obs.ptf_params(self.spec.bits, self.MAX_ALPHA)
-        if not bool(torch.isfinite(scale) and torch.isfinite(zero)):
-            raise self._error("statistics contain NaN or Inf")
+        self._check_qparams(scale, zero)
         self.scale.copy_(scale)
         self.zero_point.copy_(zero)
         self.alpha.copy_(alpha)

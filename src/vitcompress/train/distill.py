@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitcompress.errors import ConfigError, UnsupportedModelError
+from vitcompress.validate import number, positive, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,14 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         for name in ("alpha", "beta", "gamma"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature!r}")
-        if self.vit_stages < 1:
-            raise ConfigError(f"vit_stages must be >= 1, got {self.vit_stages!r}")
+            number(name, getattr(self, name), low=0)
+        positive("temperature", self.temperature)
+        positive_int("vit_stages", self.vit_stages)
+        if self.stage_factors is not None:
+            if isinstance(self.stage_factors, (str, bytes)) or not hasattr(self.stage_factors, "__iter__"):
+                raise ConfigError(f"stage_factors must be a list of numbers, got {self.stage_factors!r}")
+            for i, v in enumerate(self.stage_factors):
+                number(f"stage_factors[{i}]", v, low=0)
 
 
 def feature_points(model: nn.Module, vit_stages: int = 3) -> list[tuple[str, str]]:

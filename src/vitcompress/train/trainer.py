@@ -33,13 +33,17 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from vitcompress.errors import ConfigError, VitCompressError
+from vitcompress.data.datasets import check_labels, model_classes
+from vitcompress.errors import ConfigError, DataError, StateError, VitCompressError, first_line
 from vitcompress.io import atomic_path
+from vitcompress.models.checkpoint import load_error
 from vitcompress.train.schedule import warmup_cosine
+from vitcompress.validate import integer, number, positive, positive_int
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
+STATE_KEYS = frozenset({"model", "optimizer", "step", "seconds", "history"})
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
 
 
@@ -78,15 +82,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.lr <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError(
-                f"lr must be > 0 and min_lr, weight_decay, grad_clip >= 0, got {self.lr}, "
-                f"{self.min_lr}, {self.weight_decay}, {self.grad_clip}"
-            )
-        if self.warmup_steps < 0 or self.checkpoint_every < 0:
-            raise ConfigError("warmup_steps and checkpoint_every must be >= 0")
+            positive_int(name, getattr(self, name))
+        integer("warmup_steps", self.warmup_steps, minimum=0)
+        integer("checkpoint_every", self.checkpoint_every, minimum=0)
+        integer("seed", self.seed)
+        positive("lr", self.lr)
+        for name in ("min_lr", "weight_decay", "grad_clip"):
+            number(name, getattr(self, name), low=0)
 
 
 def init_distributed() -> tuple[int, int]:
@@ -207,14 +209,32 @@ class _Loop:
         self.net = model
 
     def resume(self) -> None:
-        """Load ``trainer_state.pt`` when present."""
-        if self.state_path is None or not self.state_path.is_file():
+        """Load ``trainer_state.pt`` when present.
+
+        Raises:
+            StateError: one line naming the file: unreadable or corrupt, not a trainer state, or written for
+                another model or optimizer.
+        """
+        path = self.state_path
+        if path is None or not path.is_file():
             return
-        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.start, self.seconds, self.history = int(state["step"]), float(state["seconds"]), list(state["history"])
-        log.info("resuming %s from %s at step %d", self.desc, self.state_path, self.start)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, corrupt, pickled objects, not a torch file at all
+            raise StateError(f"cannot read trainer state {path}: {load_error(e)}; remove it to start over") from None
+        if not isinstance(state, dict) or not set(state) >= STATE_KEYS:
+            raise StateError(f"{path} is not a trainer state (keys {sorted(STATE_KEYS)}); remove it to start over")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.start, self.seconds = int(state["step"]), float(state["seconds"])
+            self.history = list(state["history"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise StateError(
+                f"trainer state {path} does not fit this run ({first_line(e)}); resume only the same run, "
+                "or remove it to start over"
+            ) from None
+        log.info("resuming %s from %s at step %d", self.desc, path, self.start)
 
     def wrap_ddp(self) -> None:
         if self.world > 1:
@@ -232,11 +252,18 @@ class _Loop:
         for g in self.gens:
             g.manual_seed(stream)
         idx = step_indices(step, len(self.dataset), cfg.batch_size, cfg.seed)
-        x, y = _batch(self.dataset, idx.view(self.world, -1)[self.rank])  # (batch / world,) contiguous shards
+        shard = idx.view(self.world, -1)[self.rank]  # (batch / world,) contiguous shards
+        x, y = _batch(self.dataset, shard)
+        self.check_batch(step, shard, x, y)
         lr = warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr)
         for group in self.opt.param_groups:
             group["lr"] = lr
         loss, logs = loss_fn(self.net, x, y)
+        if _any_rank(not bool(torch.isfinite(loss.detach()).all()), self.world):
+            raise DataError(
+                f"{self.desc}: the loss is NaN or Inf at step {step}: the training diverged (try a lower lr than "
+                f"{cfg.lr:g}) or a weight is not finite; the last saved state is kept"
+            )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if after_backward is not None:
@@ -246,6 +273,14 @@ class _Loop:
         self.opt.step()
         self.seconds += time.perf_counter() - t0
         self.window.append(logs)
+
+    def check_batch(self, step: int, shard: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The batch of ``step`` has finite pixels and labels in the model's classes (DataError naming an item)."""
+        where = f"{self.desc}: training batch of step {step}"
+        if not bool(torch.isfinite(x).all()):
+            row = int((~torch.isfinite(x)).flatten(1).any(1).nonzero()[0, 0])
+            raise DataError(f"{where}: dataset item {int(shard[row])} holds NaN or Inf pixel values")
+        check_labels(y, model_classes(self.model), where)
 
     def record(self, done: int, bar) -> None:
         """Close the log window every ``log_every`` steps and at the end."""

@@ -302,3 +302,27 @@ def test_state_file_is_written_atomically_after_each_block(tmp_path):
     )
     assert sizes == [(True, "blocks.1"), (True, "blocks.0")]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\x80\x02truncated", r"^cannot read Evol-Q state .*evolq_state\.pt: .*; remove it to start over$"),
+        (b"", r"^cannot read Evol-Q state .*evolq_state\.pt: "),
+        ("pickled", r"^cannot read Evol-Q state .*: it holds Python objects a weights-only load refuses"),
+        ("foreign", r"evolq_state\.pt is not an Evol-Q state"),
+    ],
+)
+def test_a_corrupt_state_is_one_line_naming_the_file(tmp_path, content, message):
+    from vitcompress.methods.evolq.state import load_state
+
+    path = tmp_path / "evolq_state.pt"
+    if content == "pickled":
+        torch.save({"fingerprints": StateError("x")}, path)
+    elif content == "foreign":
+        torch.save({"model": {}}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(StateError, match=message) as e:
+        load_state(path, {})
+    assert "\n" not in str(e.value)

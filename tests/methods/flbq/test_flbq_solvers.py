@@ -393,3 +393,33 @@ def test_cli_rejects_min_bits_with_margin_and_takes_a_bare_namespace(tmp_path, c
         _cli(["--curves", str(tmp_path / "curves.json"), "--budget", "4", "--min-bits", "3", "--margin", "1"])
     assert run(argparse.Namespace(curves=str(tmp_path / "curves.json"), budget=4.0, solver="lg")) == 0
     assert capsys.readouterr().out.startswith("LG: ")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--budget", "0"], r"^budget must be a finite number > 0, got 0\.0$"),
+        (["--budget", "-3"], r"^budget must be a finite number > 0, got -3\.0$"),
+        (["--budget", "nan"], r"^budget must be a finite number > 0, got nan$"),
+        (["--budget", "4", "--eps", "0"], r"^eps must be a finite number > 0, got 0\.0$"),
+        (["--budget", "4", "--eps", "-0.1"], r"^eps must be a finite number > 0"),
+    ],
+)
+def test_cli_numbers_are_checked_before_the_curves_are_read(tmp_path, argv, message):
+    with pytest.raises(ConfigError, match=message):
+        _cli(["--curves", str(tmp_path / "missing.json"), *argv])
+
+
+def test_an_unreadable_curves_record_is_measured_again(tmp_path, monkeypatch, caplog):
+    from vitcompress.methods.flbq import step
+
+    curves = geometric_curves(3, seed=1)
+    curves.to_json(tmp_path / step.CURVES_FILE)
+    (tmp_path / step.CURVES_META).write_text('{"key": {"weights": "ab"')  # a write cut short
+    monkeypatch.setattr(step, "curves_key", lambda model, calib, config: {"weights": "ab"})
+    monkeypatch.setattr(step, "config_curves", lambda model, calib, config, info: curves)
+    with caplog.at_level(logging.WARNING):
+        got, info, reused = step.cached_curves(None, None, None, tmp_path)
+    assert not reused and got is curves
+    assert "F-LBQ curves record" in caplog.text and "JSON syntax error at line 1, column 25" in caplog.text
+    assert json.loads((tmp_path / step.CURVES_META).read_text()) == {"key": {"weights": "ab"}, "info": {}}

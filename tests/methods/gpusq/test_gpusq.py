@@ -157,3 +157,31 @@ def test_quant_recipe_fits_swin_and_8bit_edges():
     prepare(swin, recipe)  # Swin's head is head.fc
     assert swin.head.fc.weight_quantizer.spec.bits == 8 and swin.patch_embed.proj.weight_quantizer.spec.bits == 8
     assert swin.layers[0].blocks[0].mlp.fc1.weight_quantizer.spec.bits == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"steps": 0}, r"^steps must be an integer >= 1, got 0$"),
+        ({"steps": -2}, r"^steps must be an integer >= 1, got -2$"),
+        ({"qat_steps": 0}, r"^qat_steps must be an integer >= 1, got 0$"),  # not "the default"
+        ({"batch_size": 0}, r"^batch_size must be an integer >= 1, got 0$"),
+    ],
+)
+def test_preset_and_options_refuse_zero_instead_of_falling_back(kwargs, message):
+    from vitcompress.methods.gpusq.cli import GPUSQOptions
+
+    with pytest.raises(ConfigError, match=message):
+        gpusq_preset("gpusq-int8", **kwargs)
+    with pytest.raises(ConfigError, match=message):
+        GPUSQOptions(**kwargs)
+
+
+def test_build_keeps_the_given_numbers():
+    from vitcompress.methods.gpusq.cli import GPUSQOptions, build
+
+    cfg = build(GPUSQOptions(steps=5, qat_steps=1, calib_size=7), {})
+    assert (cfg.prune.steps, cfg.qat.steps, cfg.calib_size) == (5, 1, 7)
+    assert build(GPUSQOptions(steps=5), {}).calib_size == 512  # no --calib-size: the preset's
+    with pytest.raises(ConfigError, match="eval_stages must be true or false"):
+        replace(gpusq_preset("gpusq-int8"), eval_stages="no")

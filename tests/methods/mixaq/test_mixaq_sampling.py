@@ -322,3 +322,16 @@ def test_cli_eqbits(capsys):
     assert rc == 0 and "equivalent activation bits: 2.0695" in out  # 4·(0.5·83.36 + 3)/86.36
     with pytest.raises(ConfigError, match="^ratios: length"):
         run_cli(add_eqbits_arguments, run_eqbits, argv[:9] + ["--ratios", "0.1", "--base-bits", "4"], capsys)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--blocks", "0", "--naive"], r"^blocks must be an integer >= 1, got 0$"),
+        (["--blocks", "3", "--naive", "--count", "0"], r"^count must be an integer >= 1, got 0$"),
+        (["--blocks", "3", "--naive", "--count", "-1"], r"^count must be an integer >= 1, got -1$"),
+    ],
+)
+def test_cli_sample_refuses_zero_blocks_or_vectors(argv, message, capsys):
+    with pytest.raises(ConfigError, match=message):
+        run_cli(add_sample_arguments, run_sample, argv, capsys)

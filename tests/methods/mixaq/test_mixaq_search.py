@@ -147,3 +147,24 @@ def test_model_evaluator_on_tiny_swin(tmp_path):
     assert bops_8 < bops_0 and 0 <= top1_8 <= 100
     result = search_ratios(evaluate, 2, MixAQSearchConfig(population=4, generations=1), out=tmp_path)
     assert result.front and all(p["bops"] < bops_0 or p["ratios"] == [0.0, 0.0] for p in result.evaluated)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            '{"fingerprint": {"tag": "x"},\n "cache": [',
+            r"^MixA-Q search state .*state\.json: JSON syntax error at line 2",
+        ),
+        ("[1, 2]", r"state\.json was written by a search with other settings"),
+        ('{"fingerprint": {"tag": "x"}, "cache": [{"ratios": [0.1]}]}', r"search state .*state\.json is corrupt"),
+    ],
+)
+def test_a_corrupt_search_state_is_one_line_naming_the_file(tmp_path, text, message):
+    from vitcompress.methods.mixaq.search import _read_cache
+
+    path = tmp_path / "state.json"
+    path.write_text(text)
+    with pytest.raises(StateError, match=message) as e:
+        _read_cache(path, {"tag": "x"})
+    assert "\n" not in str(e.value)

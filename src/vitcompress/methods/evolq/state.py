@@ -18,6 +18,7 @@ from torch import nn
 
 from vitcompress.errors import StateError
 from vitcompress.io import atomic_path
+from vitcompress.models.checkpoint import load_error
 from vitcompress.quant import Quantizer
 
 STATE_VERSION = 1
@@ -68,8 +69,8 @@ def load_state(path: Path, expected: dict[str, str]) -> dict[str, Any]:
     """Read a state and check its fingerprints against ``expected``; StateError naming what differs."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a foreign or corrupt file: say which file
-        raise StateError(f"cannot read Evol-Q state {path}: {e}") from None
+    except Exception as e:  # a foreign or corrupt file: say which file (torch's message spans many lines)
+        raise StateError(f"cannot read Evol-Q state {path}: {load_error(e)}; remove it to start over") from None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION or "fingerprints" not in state:
         raise StateError(f"{path} is not an Evol-Q state (version {STATE_VERSION})")
     for key, label in _KINDS.items():

@@ -20,7 +20,7 @@ from vitcompress.methods.flbq.config import FLBQConfig, check_floor
 from vitcompress.methods.flbq.curves import Curves
 from vitcompress.methods.flbq.solvers import SOLVERS, BitPlan, solve
 from vitcompress.options import MethodCommand, add_options, from_args, option
-from vitcompress.validate import one_of
+from vitcompress.validate import one_of, positive
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,10 @@ class SolveOptions:
     json: bool = False
 
     def __post_init__(self) -> None:
+        positive("budget", self.budget)
         one_of("solver", self.solver, SOLVERS)
         check_floor(self.min_bits, self.margin)
+        positive("eps", self.eps)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict
@@ -18,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitcompress.config import load_json_file
 from vitcompress.data.calib import first_images
-from vitcompress.errors import ConfigError
+from vitcompress.errors import ConfigError, StateError
 from vitcompress.io import write_json
 from vitcompress.methods.flbq.allocate import allocate_bits, check_curves_match, config_curves
 from vitcompress.methods.flbq.apply import base_recipe, layer_bits, plan_to_recipe
@@ -145,8 +145,12 @@ def cached_curves(
     with torch.no_grad():
         key = curves_key(model, calib, config)
     if path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("key") == key:
+        try:
+            meta = load_json_file(meta_path, "F-LBQ curves record", StateError)
+        except StateError as e:  # a cache that cannot be read is measured again, like one that does not match
+            log.warning("%s; measuring the curves again", e)
+            meta = None
+        if isinstance(meta, dict) and meta.get("key") == key and isinstance(meta.get("info"), dict):
             curves = Curves.from_json(path)
             check_curves_match(curves, model, config.unit, config.exclude)
             log.info("reusing the distortion curves in %s", path)

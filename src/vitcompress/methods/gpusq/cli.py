@@ -44,7 +44,8 @@ class GPUSQOptions:
 def build(options: GPUSQOptions, shared: dict[str, Any]) -> GPUSQConfig:
     """The :class:`GPUSQConfig` of ``options`` (``gpusq_preset`` with the job's seed and calibration size)."""
     config = gpusq_preset(options.preset, options.steps, options.qat_steps, options.batch_size, options.seed)
-    return replace(config, calib_size=options.calib_size or config.calib_size, eval_stages=options.eval_stages)
+    calib_size = config.calib_size if options.calib_size is None else options.calib_size
+    return replace(config, calib_size=calib_size, eval_stages=options.eval_stages)
 
 
 def summary(result: Result) -> str:

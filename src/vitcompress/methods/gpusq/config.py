@@ -58,6 +58,9 @@ class GPUSQConfig:
         one_of("on_indivisible", self.on_indivisible, ON_INDIVISIBLE)
         positive_int("calib_size", self.calib_size)
         positive_int("factor_images", self.factor_images)
+        for flag in ("distill_prune", "eval_stages"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         for name, cls in (("quant", Recipe), ("prune", TrainConfig), ("qat", TrainConfig), ("distill", DistillConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
@@ -90,6 +93,9 @@ def gpusq_preset(
         ConfigError: an unknown preset name or a non-positive step count or batch size.
     """
     one_of("preset", name, GPUSQ_RECIPES)
+    positive_int("steps", steps)
+    positive_int("qat_steps", qat_steps, optional=True)  # 0 is an error, not "the default"
+    positive_int("batch_size", batch_size)
     int8 = name == "gpusq-int8"
     prune = TrainConfig(
         steps=steps,
@@ -100,7 +106,7 @@ def gpusq_preset(
         seed=seed,
         checkpoint_every=100,
     )
-    qat = replace(prune, steps=qat_steps or steps, lr=1e-4, seed=seed + 1)
+    qat = replace(prune, steps=steps if qat_steps is None else qat_steps, lr=1e-4, seed=seed + 1)
     return GPUSQConfig(
         name=name,
         pattern="2:4" if int8 else "4:8",

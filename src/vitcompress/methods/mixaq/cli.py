@@ -21,6 +21,7 @@ from vitcompress.methods.mixaq.eqbits import METHOD_SAVING, equivalent_bits, rel
 from vitcompress.methods.mixaq.sampling import naive_sample, uniform_sum_sample
 from vitcompress.options import MethodCommand, add_options, from_args, option
 from vitcompress.result import Result
+from vitcompress.validate import positive_int
 
 
 # ---- vitcompress compress mixaq -----------------------------------------------------------------------------
@@ -91,6 +92,10 @@ class SampleOptions:
     seed: int | None = None
     naive: bool = False
     json: bool = False
+
+    def __post_init__(self) -> None:
+        positive_int("blocks", self.blocks)
+        positive_int("count", self.count)  # 0 would print nothing and succeed
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from vitcompress.config import load_json_file
 from vitcompress.errors import ConfigError, StateError
 from vitcompress.io import write_json
 from vitcompress.methods.mixaq.sampling import _grid, naive_sample, sum_range_from_cost, uniform_sum_sample
@@ -242,12 +243,15 @@ def _read_cache(state_path: Path | None, fingerprint: dict[str, Any]) -> dict[tu
     """The objectives a resumed search has paid for (empty without a state file)."""
     if state_path is None or not state_path.is_file():
         return {}
-    state = json.loads(state_path.read_text())
-    if state.get("fingerprint") != fingerprint:
+    state = load_json_file(state_path, "MixA-Q search state", StateError)
+    if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
         raise StateError(
             f"{state_path} was written by a search with other settings; use another --out or drop --resume"
         )
-    cache = {tuple(e["ratios"]): (e["top1"], e["bops"]) for e in state["cache"]}
+    try:
+        cache = {tuple(e["ratios"]): (e["top1"], e["bops"]) for e in state["cache"]}
+    except (KeyError, TypeError) as e:
+        raise StateError(f"MixA-Q search state {state_path} is corrupt ({e!r}); remove it to start over") from None
     log.info("resuming MixA-Q search: %d evaluations cached, replaying from the seed", len(cache))
     return cache
 
