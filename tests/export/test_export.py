@@ -27,12 +27,14 @@ from vitcompress.export import (  # noqa: E402
     ort_session,
     to_export_model,
 )
-from vitcompress.export.qdq import QDQ, DequantizeWeight  # noqa: E402
+from vitcompress.export.convert import Layout, zero_point_free  # noqa: E402
+from vitcompress.export.qdq import QDQ, DequantizeWeight, QDQMove  # noqa: E402
 from vitcompress.quant import make_quantizer  # noqa: E402
 from vitcompress.quant.functional import fake_quant, ptf_fake_quant  # noqa: E402
 from vitcompress.quantize import quantize_  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+LAYOUTS = [Layout(), Layout(zero_point_free=False), Layout(integer_transposes=False), Layout(False, False)]
 
 
 def tiny_vit() -> VisionTransformer:
@@ -130,6 +132,44 @@ def test_ptf_exports_as_exact_per_channel_qdq():
     ref = ptf_fake_quant(x, qz.scale, qz.zero_point, qz.alpha, 0, 255)
     assert torch.allclose(qdq(x), ref, rtol=0, atol=1e-6)  # same grid; scale s·2^α computed once vs per call
     assert points[0].exact and points[0].exported_as == "uint8"
+
+
+# ---- the layout: where the export puts its ops keeps the numbers -----------------------------------
+def test_zero_point_free_qdq_is_the_same_grid_shifted_by_its_offset():
+    x = torch.randn(4, 7, 16) * 3
+    plain = QDQ(torch.tensor(0.05), torch.tensor(131.0), signed=False, factor=0.125)
+    for signed in (False, True):  # uint8 codes as they are; int8 codes = uint8 codes − 128
+        free = zero_point_free(plain, signed)
+        assert free.dq_zero_point is not None and (free.qmin < 0) == signed
+        assert torch.allclose(free(x) - free.offset, plain(x), rtol=0, atol=1e-6)
+    centred = QDQ(torch.tensor(0.05), torch.tensor(128.0), signed=False)
+    assert zero_point_free(centred, True).dq_zero_point is None  # z = 128 is the symmetric int8 grid: no offset
+
+
+def test_layout_for_runtime():
+    assert Layout.for_runtime("all") == Layout.for_runtime("openvino") == Layout()
+    assert Layout.for_runtime("ort") == Layout(zero_point_free=False)
+    with pytest.raises(ConfigError, match=r"runtime must be one of \['ort', 'openvino', 'all'\], got 'tvm'"):
+        Layout.for_runtime("tvm")
+
+
+def test_qdq_move_transposes_the_codes():
+    x = torch.randn(2, 5, 3, 4)
+    q = QDQ(torch.tensor(0.05), torch.tensor(100.0), signed=False)
+    moved = QDQMove(q, (0, 2, 1, 3), merge_last=True)
+    assert torch.equal(moved(x), q(x).permute(0, 2, 1, 3).reshape(2, 3, 20))
+
+
+@pytest.mark.parametrize("build", [tiny_vit, tiny_swin], ids=["vit", "swin"])
+def test_every_layout_computes_the_fake_quant_model(build, tmp_path):
+    model = quantized(build, get_preset("w8a8"))
+    x = inputs()
+    with torch.no_grad():
+        ref = model(x)
+        for layout in LAYOUTS:  # float reordering only: the same codes everywhere
+            assert rel_err(ref, to_export_model(model, layout=layout)[0](x)) < 0.02, layout
+    export_onnx(model, tmp_path / "m.onnx")
+    assert rel_err(ref, OrtModule(ort_session(tmp_path / "m.onnx", threads=1))(x)) < 0.03
 
 
 # ---- the export copy and the ONNX graph -------------------------------------------------------------
@@ -283,18 +323,60 @@ def test_cli_export_and_bench(tmp_path, capsys):
     assert "needs a quantized model" in capsys.readouterr().err
 
 
+def test_cli_export_to_an_existing_folder_fails_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    from vitcompress.cli import main
+    from vitcompress.models.source import ModelSource
+
+    def no_load(self):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(ModelSource, "load", no_load)
+    assert main(["export", "--model", "vit-fmnist", "--recipe", "w8a8", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"out: {tmp_path} is a folder; give the .onnx file to write" in err
+    with pytest.raises(DataError, match="is a folder"):
+        export_onnx(tiny_vit(), tmp_path)
+
+
 def test_bench_reports_three_engines_and_bops(tmp_path):
     from vitcompress.export import benchmark_deploy, format_bench
 
     r = benchmark_deploy(
-        quantized(tiny_vit, get_preset("w8a8")), batches=(2,), threads=1, warmup=1, repeats=3, rounds=1
+        quantized(tiny_vit, get_preset("w8a8")), batches=(2,), threads=1, warmup=1, repeats=3, rounds=1, runtime="ort"
     )
     assert {t["engine"] for t in r["timings"]} == {"torch-fp32", "ort-fp32", "ort-int8"}
     for t in r["timings"]:
         assert t["runs"] == 3 and t["min_s"] <= t["median_s"] <= t["p90_s"] <= t["max_s"]
     assert r["bops_ratio"] == pytest.approx(16.0)  # every operand at 8 bit: 32·32 / (8·8)
     assert "int8_vs_ort_fp32_b2" in r["speedups"] and r["kernels"]["integer"] >= 8
+    assert set(r["speedup"]) == {"ort"} and set(r["speedup"]["ort"]) == {"2"}
+    assert r["speedup_vs_best_fp32"]["2"] == pytest.approx(
+        min(r["medians_ms"]["torch"]["2"]["fp32"], r["medians_ms"]["ort"]["2"]["fp32"])
+        / r["medians_ms"]["ort"]["2"]["int8"]
+    )
+    assert r["speedup_vs_bf16"] == {}  # no OpenVINO run
     assert "predicted by BOPs" in format_bench(r)
+
+
+def test_speedup_tables_take_the_fastest_runs():
+    from vitcompress.export.bench import speedup_tables, summarize
+
+    ms = {"torch-fp32": 900, "ort-fp32": 400, "ort-int8": 160, "openvino-fp32": 300, "openvino-bf16": 150}
+    ms["openvino-int8"] = 100
+    timings = [summarize(engine, 8, [t / 1e3]) for engine, t in ms.items()]
+    r = speedup_tables(timings)
+    assert r["speedup"] == {"ort": {"8": pytest.approx(2.5)}, "openvino": {"8": pytest.approx(3.0)}}
+    assert r["speedup_vs_best_fp32"] == {"8": pytest.approx(3.0)}  # fastest INT8 100 ms over fastest f32 300 ms
+    assert r["speedup_vs_bf16"] == {"8": pytest.approx(1.5)}
+    assert r["medians_ms"]["openvino"]["8"] == {"fp32": 300, "bf16": 150, "int8": 100}
+
+
+def test_bench_runtime_names_are_checked():
+    from vitcompress.export.bench import resolve_runtimes
+
+    assert resolve_runtimes("ort") == ("ort",)
+    with pytest.raises(ConfigError, match=r"runtime must be one of \['ort', 'openvino', 'all'\], got 'trt'"):
+        resolve_runtimes("trt")
 
 
 # ---- reference models on Fashion-MNIST; 224×224 timm models ---------------------------------------

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "int8", "fp32")  # as vitcompress.export.onnx_export
 POLICIES = ("promote", "float", "error")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
+RUNTIMES = ("ort", "openvino", "all")  # as vitcompress.export.bench.RUNTIME_CHOICES
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,15 @@ class ExportOptions(QuantizeFirst):
         out: the .onnx file to write (its folder must exist)
         precision: int8: QDQ graph (quantized model); fp32: float graph; auto: int8 if quantized
         opset: ONNX opset, 13..20
+        runtime: the INT8 graph's layout: all: one both runtimes run fully as INT8 (OpenVINO's fastest);
+            ort: ONNX Runtime's fastest (OpenVINO then runs the attention matmuls in float)
         json: print JSON
     """
 
     out: str = option(help="the .onnx file to write (its folder must exist)")
     precision: str = option("auto", choices=PRECISIONS)
     opset: int = 17
+    runtime: str = option("all", choices=RUNTIMES)
     json: bool = False
 
 
@@ -73,6 +77,8 @@ class BenchOptions(QuantizeFirst):
 
     Attributes:
         recipe: with a model name: quantize with this preset or YAML/JSON recipe first
+        runtime: ort: ONNX Runtime; openvino: OpenVINO (CPU plugin, FP32, its default bf16 where the CPU
+            has it, and INT8); all: every installed runtime
         batch: batch sizes
         warmup: untimed runs per engine and batch
         repeats: timed runs per engine and batch
@@ -83,6 +89,7 @@ class BenchOptions(QuantizeFirst):
     """
 
     recipe: str | None = "w8a8"
+    runtime: str = option("all", choices=RUNTIMES)
     batch: tuple[int, ...] = (1, 8)
     warmup: int = 5
     repeats: int = 30
@@ -99,6 +106,10 @@ class BenchOptions(QuantizeFirst):
             integer(name, getattr(self, name), minimum=0 if name == "warmup" else 1)
         if self.keep_onnx and not Path(self.keep_onnx).is_dir():
             raise ConfigError(f"keep-onnx: folder {self.keep_onnx} does not exist")
+        if self.runtime == "openvino":
+            from vitcompress.export.openvino import require_openvino
+
+            require_openvino()  # fail before loading and calibrating
 
 
 def load_for_export(
@@ -122,6 +133,7 @@ def run_export(
     source: ModelSource, opts: ExportOptions, images: DataSource | None = None, data_root: str | None = None
 ) -> int:
     """``vitcompress export``: write the ONNX file and print what was exported."""
+    from vitcompress.export.convert import Layout
     from vitcompress.export.onnx_export import check_export_args, export_onnx
 
     check_export_args(opts.precision, opts.opset, opts.policy, Path(opts.out))  # fail before loading / calibrating
@@ -131,6 +143,7 @@ def run_export(
         precision=opts.precision,
         opset=opts.opset,
         policy=opts.policy,
+        layout=Layout.for_runtime(opts.runtime),
     )
     if opts.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -156,7 +169,7 @@ def run_bench(
     threads: int | None = None,
     data_root: str | None = None,
 ) -> int:
-    """``vitcompress bench``: time torch FP32, ORT FP32 and ORT INT8; print the table or JSON."""
+    """``vitcompress bench``: time torch FP32 and each runtime's FP32 and INT8; print the table or JSON."""
     from vitcompress.export.bench import benchmark_deploy, format_bench
 
     result = benchmark_deploy(
@@ -169,6 +182,7 @@ def run_bench(
         opt_level=opts.opt_level,
         policy=opts.policy,
         work_dir=opts.keep_onnx,
+        runtime=opts.runtime,
     )
     result["model"] = source.model
     print(json.dumps(result, indent=2) if opts.json else format_bench(result))

@@ -1,4 +1,4 @@
-"""An export-only copy of a quantized model, made of QDQ ops ONNX Runtime can run as integer kernels.
+"""An export-only copy of a quantized model, made of QDQ ops ONNX Runtime and OpenVINO run as integer kernels.
 
 Each quantized module of :mod:`vitcompress.nn` becomes an ``Export*`` module that computes the same
 function with ops the ONNX exporter writes as ``QuantizeLinear``/``DequantizeLinear``:
@@ -15,7 +15,11 @@ function with ops the ONNX exporter writes as ``QuantizeLinear``/``DequantizeLin
   (uint8 for asymmetric, int8 for symmetric grids; PTF as one scale per channel of the last axis).
 - attention: ``Q(q) @ Q(kᵀ)`` with the attention scale folded into q's ``DequantizeLinear`` scale
   (the fake-quant model computes ``(Q(q)·scale) @ Q(k)ᵀ``: the same values up to float rounding), so
-  both attention matmuls see ``DequantizeLinear`` inputs and no ``Mul`` runs on the scores.
+  both attention matmuls see ``DequantizeLinear`` inputs and no ``Mul`` runs on the scores. By
+  default (:class:`Layout`) the matmul operands are de-quantized without their zero points and the
+  zero points' terms are added after the matmuls (OpenVINO runs a matmul of two activations on
+  integer kernels only then), and q, k, v are quantized where the qkv linear writes them, so the
+  transposes to heads move 8-bit codes.
 
 Points ONNX Runtime cannot run at their bit width are handled by ``policy`` and reported one by one
 (:class:`PointExport`): ``promote`` maps them to 8 bit (activations of 2..7 bits keep their range on
@@ -26,6 +30,7 @@ the 8-bit grid; log2 probabilities become uniform uint8 on [0, 1]); ``float`` le
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import asdict, dataclass
 
@@ -34,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitcompress.errors import ConfigError, StateError, UnsupportedModelError
-from vitcompress.export.qdq import QDQ, DequantizeWeight
+from vitcompress.export.qdq import QDQ, DequantizeWeight, QDQMove
 from vitcompress.nn.attention import QuantAttention, QuantWindowAttention
 from vitcompress.nn.linear import QuantConv2d, QuantLayerNorm, QuantLinear
 from vitcompress.quant import Quantizer
@@ -43,6 +48,7 @@ from vitcompress.quant.quantizer import Log2Quantizer, PTFQuantizer, UniformQuan
 log = logging.getLogger(__name__)
 
 POLICIES = ("promote", "float", "error")
+LAYOUT_RUNTIMES = ("ort", "openvino", "all")
 BC_EPS = 1e-8  # the eps of vitcompress.quant.correct_bias
 
 
@@ -69,6 +75,34 @@ class PointExport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the export places its ops; each choice keeps the numbers and changes what a runtime fuses.
+
+    Attributes:
+        zero_point_free: attention matmul operands without zero point (q and the probabilities as
+            uint8, k and v as int8, each zero point's term subtracted after the matmul): OpenVINO
+            runs a matmul of two activations on integer kernels only then (see ``docs/deploy.md``).
+        integer_transposes: q, k and v from three slices of the qkv weight, each quantized before its
+            transpose (``QuantizeLinear → DequantizeLinear → Transpose → MatMul``: the runtimes move
+            the 8-bit codes), and the attention output quantized for ``proj`` before its transpose
+            (``QuantizeLinear → Transpose → Reshape → DequantizeLinear``); per-tensor points only.
+    """
+
+    zero_point_free: bool = True
+    integer_transposes: bool = True
+
+    @classmethod
+    def for_runtime(cls, runtime: str = "all") -> Layout:
+        """The layout measured fastest for ``runtime`` (``docs/deploy.md``, ablation): ``all`` and
+        ``openvino``: every choice on (both runtimes run it fully INT8); ``ort``: q, k, v keep their
+        zero points (ONNX Runtime's integer matmuls take them; OpenVINO would then run the attention
+        matmuls in float)."""
+        if runtime not in LAYOUT_RUNTIMES:
+            raise ConfigError(f"runtime must be one of {list(LAYOUT_RUNTIMES)}, got {runtime!r}")
+        return cls(zero_point_free=False) if runtime == "ort" else cls()
 
 
 class _Points(list):
@@ -278,8 +312,58 @@ class ExportLayerNorm(nn.Module):
         return F.layer_norm(self.input_qdq(x), self.normalized_shape, self.weight, self.bias, self.eps)
 
 
+def zero_point_free(qdq: nn.Module, signed: bool) -> nn.Module:
+    """A per-tensor :class:`QDQ` re-expressed with a ``DequantizeLinear`` without zero point.
+
+    The codes are the same (shifted by 128 when ``signed`` asks an unsigned grid for int8: an
+    asymmetric uint8 grid with zero point ``z`` is the int8 grid with zero point ``z − 128``); the
+    output is ``QDQ.offset`` above the quantized value, which the attention subtracts after its
+    matmul. Anything else (identity, per-channel) is returned unchanged.
+    """
+    if not isinstance(qdq, QDQ) or qdq.axis is not None:
+        return qdq
+    unsigned = qdq.qmin == 0
+    zero = qdq.zero_point.float() - (128.0 if signed and unsigned else 0.0)
+    as_signed = signed or not unsigned
+    if float(zero) == 0.0 and as_signed == (not unsigned):
+        return qdq  # already zero-point free, in the asked type
+    return QDQ(qdq.scale, zero, as_signed, None, qdq.factor, dq_zero=float(zero) == 0.0)
+
+
+def _offset(qdq: nn.Module) -> float:
+    """What a zero-point-free per-tensor :class:`QDQ` adds to the quantized value (0 for the others)."""
+    return float(qdq.offset) if isinstance(qdq, QDQ) and qdq.dq_zero_point is not None else 0.0
+
+
+def _per_tensor(m: nn.Module) -> bool:
+    return isinstance(m, nn.Identity) or (isinstance(m, QDQ) and m.axis is None)
+
+
+class ExportLinearPart(nn.Module):
+    """Output columns ``[start, stop)`` of an :class:`ExportLinear`, on an input quantized by the caller."""
+
+    def __init__(self, linear: ExportLinear, start: int, stop: int):
+        super().__init__()
+        dq = linear.weight_dq
+        self.weight_dq = None
+        if dq is not None:
+            self.weight_dq = DequantizeWeight(dq.codes[:, start:stop].contiguous(), dq.scale[start:stop], axis=1)
+            self.weight_dq.zero_point.copy_(dq.zero_point[start:stop])
+        w_float = linear.w_float
+        self.register_buffer("w_float", None if w_float is None else w_float[:, start:stop].contiguous())
+        offset = linear.offset
+        self.register_buffer("offset", None if offset is None else offset[start:stop].clone())
+        self.register_buffer("bias", linear.bias[start:stop].clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x @ (self.w_float if self.weight_dq is None else self.weight_dq())
+        if self.offset is not None:
+            y = y + x.sum(-1, keepdim=True) * self.offset
+        return y + self.bias
+
+
 class _ExportAttnBase(nn.Module):
-    def _init_quant(self, m: nn.Module, policy: str, points: _Points) -> None:
+    def _init_quant(self, m: nn.Module, policy: str, points: _Points, layout: Layout) -> None:
         self.num_heads, self.scale = m.num_heads, m.scale
         self.qkv, self.proj = m.qkv, m.proj  # already converted (children first)
         # the attention scale 1/√d is folded into q's de-quantization scale where q is quantized
@@ -289,58 +373,139 @@ class _ExportAttnBase(nn.Module):
         self.k_qdq = activation_qdq(m.k_quantizer, policy, points, axis_map=-2)
         self.v_qdq = activation_qdq(m.v_quantizer, policy, points)
         self.probs_qdq = activation_qdq(m.probs_quantizer, policy, points)
+        if layout.zero_point_free:  # integer matmuls need operands without zero point in OpenVINO (right one int8)
+            self.q_qdq, self.probs_qdq = zero_point_free(self.q_qdq, False), zero_point_free(self.probs_qdq, False)
+            self.k_qdq, self.v_qdq = zero_point_free(self.k_qdq, True), zero_point_free(self.v_qdq, True)
+        self.v_unit = _offset(self.v_qdq) != 0.0  # v gets a channel of code 1 for its zero-point term (_mix)
+        self.moved = layout.integer_transposes and self._can_move()
+        if self.moved:
+            self._init_moved()
 
-    def _scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        scores = self.q_qdq(q) @ self.k_qdq(k.transpose(-2, -1))  # (B, H, N, N)
+    def _can_move(self) -> bool:
+        if not (isinstance(self.qkv, ExportLinear) and isinstance(self.proj, ExportLinear)):
+            return False
+        return all(_per_tensor(m) for m in (self.q_qdq, self.k_qdq, self.v_qdq, self.proj.input_qdq))
+
+    def _init_moved(self) -> None:
+        """q, k, v from three slices of the qkv weight, each quantized where it is written, before its
+        transpose; the attention output quantized for ``proj`` before its transpose."""
+        c = self.qkv.bias.numel() // 3
+        self.qkv_input = self.qkv.input_qdq
+        self.lins = nn.ModuleList(ExportLinearPart(self.qkv, i * c, (i + 1) * c) for i in range(3))
+        self.out_move = QDQMove(self.proj.input_qdq, (0, 2, 1, 3), merge_last=True)  # (B, H, N, D) -> (B, N, H·D)
+        self.proj.input_qdq = nn.Identity()
+        del self.qkv
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Quantized ``q`` (B, H, N, D), ``kᵀ`` (B, H, D, N), ``v`` (B, H, N, D) of ``x`` (B, N, C), and
+        q's zero-point term for the scores (B, H, 1, N), or None (see :meth:`_scores`)."""
+        B, N, _ = x.shape
+        if self.moved:  # QuantizeLinear → DequantizeLinear → Reshape → Transpose → MatMul: both runtimes fuse it
+            x = self.qkv_input(x)
+            q, k, v = (lin(x).reshape(B, N, self.num_heads, -1) for lin in self.lins)
+            q, k, v = self.q_qdq(q), self.k_qdq(k), self.v_qdq(self._with_unit(v))
+            alpha = _offset(self.q_qdq)
+            term = (alpha * k.sum(-1)).transpose(1, 2).unsqueeze(2) if alpha else None  # (B, H, 1, N)
+            return q.transpose(1, 2), k.permute(0, 2, 3, 1), v.transpose(1, 2), term
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, H, N, D)
+        q, k = self._qk_norm(q, k)
+        return self.q_qdq(q), self.k_qdq(k.transpose(-2, -1)), self.v_qdq(self._with_unit(v)), None
+
+    def _with_unit(self, v: torch.Tensor) -> torch.Tensor:
+        """``v`` (float, before its quantizer) with one more channel that quantizes to code 1, if v has a
+        zero-point term: ``p @`` that channel is ``s_v Σ_j p``, the term's row sums, computed by the
+        attention matmul itself (so OpenVINO still fuses the attention into one integer subgraph)."""
+        if not self.v_unit:
+            return v
+        unit = (1.0 - float(self.v_qdq.zero_point)) * float(self.v_qdq.scale)  # code round(unit/s) + z = 1
+        return torch.cat([v, v[..., :1] * 0.0 + unit], dim=-1)
+
+    def _qk_norm(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return q, k
+
+    def _scores(self, a: torch.Tensor, b: torch.Tensor, term: torch.Tensor | None = None) -> torch.Tensor:
+        """``Q(q)·scale @ Q(k)ᵀ`` from the quantized ``a`` (q) and ``b`` (kᵀ), up to a constant per row
+        (which the softmax ignores).
+
+        With zero-point-free operands ``a = q̂ + α``, ``b = k̂ᵀ + β``: ``q̂ @ k̂ᵀ = a @ b − α Σ_d b −
+        β Σ_d a + D α β``; the last two terms are constant along a row of scores and are left out;
+        ``term`` is ``α Σ_d b`` if the caller has it.
+        """
+        scores = a @ b  # (B, H, N, N)
+        alpha = _offset(self.q_qdq)
+        if alpha:
+            scores = scores - (alpha * b.sum(-2, keepdim=True) if term is None else term)
         return scores if self.scale_folded else scores * self.scale
 
-    def _mix(self, scores: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.probs_qdq(scores.softmax(dim=-1)) @ self.v_qdq(v)  # (B, H, N, Dh)
+    def _mix(self, scores: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``Q(softmax) @ Q(v)`` from the quantized ``b`` (v), exact also with zero-point-free operands
+        (see :meth:`_scores`): ``p̂ @ v̂ = p @ b − β Σ_j p − α Σ_j b + N α β`` (``β Σ_j p`` from v's
+        unit channel, :meth:`_with_unit`)."""
+        p = self.probs_qdq(scores.softmax(dim=-1))
+        out = p @ b  # (B, H, N, D), or (B, H, N, D + 1) with v's unit channel
+        alpha, beta = _offset(self.probs_qdq), _offset(self.v_qdq)
+        if self.v_unit:  # β Σ_j p = z_v · (p @ unit channel): exact, no second reader of p
+            out, b = out[..., :-1] - float(self.v_qdq.zero_point) * out[..., -1:], b[..., :-1]
+        elif beta:
+            out = out - beta * p.sum(-1, keepdim=True)
+        if alpha:
+            out = out - alpha * b.sum(-2, keepdim=True) + (alpha * beta * p.shape[-1] if beta else 0.0)
+        return out
+
+    def _output(self, out: torch.Tensor) -> torch.Tensor:
+        """(B, H, N, D) -> ``proj`` of (B, N, H·D)."""
+        if self.moved:
+            return self.proj(self.out_move(out))
+        B, _, N, _ = out.shape
+        return self.proj(out.transpose(1, 2).reshape(B, N, -1))
 
 
 class ExportAttention(_ExportAttnBase):
     """timm ``Attention`` (via :class:`QuantAttention`) with explicit, QDQ-fed matmuls."""
 
-    def __init__(self, m: QuantAttention, policy: str, points: _Points):
+    def __init__(self, m: QuantAttention, policy: str, points: _Points, layout: Layout | None = None):
         super().__init__()
         if getattr(m, "gate", None) is not None:
             raise ConfigError(f"attention {m.q_quantizer.name.rsplit('.', 1)[0]}: gated attention is not exportable")
-        self._init_quant(m, policy, points)
-        self.head_dim, self.attn_dim = m.head_dim, m.attn_dim
         self.q_norm, self.k_norm, self.norm = m.q_norm, m.k_norm, m.norm
+        plain = all(isinstance(n, nn.Identity) for n in (m.q_norm, m.k_norm, m.norm))
+        layout = layout or Layout()
+        self._init_quant(m, policy, points, layout if plain else dataclasses.replace(layout, integer_transposes=False))
+
+    def _qk_norm(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.q_norm(q), self.k_norm(k)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
         if attn_mask is not None or is_causal:
             raise ConfigError("export: attention masks (attn_mask, is_causal) are not supported")
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, H, N, Dh)
-        x = self._mix(self._scores(self.q_norm(q), self.k_norm(k)), v)
-        x = x.transpose(1, 2).reshape(B, N, self.attn_dim)  # (B, N, H*Dh)
-        return self.proj(self.norm(x))
+        a, b, v, term = self._qkv(x)
+        out = self._mix(self._scores(a, b, term), v)
+        if self.moved:
+            return self._output(out)
+        B, _, N, _ = out.shape
+        return self.proj(self.norm(out.transpose(1, 2).reshape(B, N, -1)))
 
 
 class ExportWindowAttention(_ExportAttnBase):
     """Swin ``WindowAttention`` with explicit matmuls; relative position bias and shift mask are added
     to the scores before the softmax (the mask broadcast over the batch, so the batch stays dynamic)."""
 
-    def __init__(self, m: QuantWindowAttention, policy: str, points: _Points):
+    def __init__(self, m: QuantWindowAttention, policy: str, points: _Points, layout: Layout | None = None):
         super().__init__()
-        self._init_quant(m, policy, points)
+        self._init_quant(m, policy, points, layout or Layout())
         with torch.no_grad():
             self.register_buffer("rel_pos_bias", m._get_rel_pos_bias().detach().clone())  # (1, H, N, N)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        B_, N, C = x.shape  # B_ = batch * windows, N = window area
-        qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B_, H, N, Dh)
-        scores = self._scores(q, k) + self.rel_pos_bias
+        a, b, v, term = self._qkv(x)  # x: (B_, N, C), B_ = batch * windows, N = window area
+        H, N = self.num_heads, x.shape[1]
+        scores = self._scores(a, b, term) + self.rel_pos_bias
         if mask is not None:
             num_win = mask.shape[0]
-            scores = scores.view(-1, num_win, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
-            scores = scores.view(-1, self.num_heads, N, N)
-        x = self._mix(scores, v).transpose(1, 2).reshape(B_, N, -1)  # (B_, N, H*Dh)
-        return self.proj(x)
+            scores = scores.view(-1, num_win, H, N, N) + mask.unsqueeze(1).unsqueeze(0)
+            scores = scores.view(-1, H, N, N)
+        return self._output(self._mix(scores, v))
 
 
 _EXPORTERS = {
@@ -352,20 +517,26 @@ _EXPORTERS = {
 }
 
 
-def _replace(module: nn.Module, policy: str, points: _Points) -> None:
+def _replace(module: nn.Module, policy: str, points: _Points, layout: Layout) -> None:
     for name, child in list(module.named_children()):
-        _replace(child, policy, points)  # children first: attention wraps its converted qkv / proj
+        _replace(child, policy, points, layout)  # children first: attention wraps its converted qkv / proj
         exporter = _EXPORTERS.get(type(child))
         if exporter is not None:
-            setattr(module, name, exporter(child, policy, points))
+            attention = exporter in (ExportAttention, ExportWindowAttention)
+            setattr(
+                module, name, exporter(child, policy, points, layout) if attention else exporter(child, policy, points)
+            )
 
 
-def to_export_model(model: nn.Module, policy: str = "promote") -> tuple[nn.Module, list[PointExport]]:
+def to_export_model(
+    model: nn.Module, policy: str = "promote", layout: Layout | None = None
+) -> tuple[nn.Module, list[PointExport]]:
     """A copy of quantized ``model`` made of QDQ ops (see the module docstring), and the point report.
 
     Args:
         model: a model quantized by :func:`vitcompress.quantize.quantize_` (or ``restore``).
         policy: for points ONNX Runtime cannot run at their bits: ``promote``, ``float`` or ``error``.
+        layout: op placement (:class:`Layout`; default: every choice on).
 
     Raises:
         ConfigError: ``policy`` not allowed, or (``policy="error"``) a point needs promotion.
@@ -379,7 +550,7 @@ def to_export_model(model: nn.Module, policy: str = "promote") -> tuple[nn.Modul
     out = copy.deepcopy(model).eval()
     points = _Points()
     with torch.no_grad():
-        _replace(out, policy, points)
+        _replace(out, policy, points, layout or Layout())
     left = [m.name for m in out.modules() if isinstance(m, Quantizer)]
     if left:
         raise ConfigError(f"export: quantizers outside the known layers cannot be exported: {left[:4]}")

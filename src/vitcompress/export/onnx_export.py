@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from vitcompress.errors import ConfigError, DataError, StateError
-from vitcompress.export.convert import POLICIES, PointExport, to_export_model
+from vitcompress.export.convert import POLICIES, Layout, PointExport, to_export_model
 from vitcompress.io import atomic_path
 from vitcompress.quant import Quantizer
 
@@ -97,12 +97,15 @@ def _float_copy(model: nn.Module) -> nn.Module:
 
 
 def check_export_args(precision: str, opset: int, policy: str, path: Path) -> None:
+    """The arguments of :func:`export_onnx`, checked before any work (ConfigError / DataError naming the field)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if opset not in OPSETS:
         raise ConfigError(f"opset must be one of {list(OPSETS)}, got {opset!r}")
     if policy not in POLICIES:
         raise ConfigError(f"policy must be one of {list(POLICIES)}, got {policy!r}")
+    if path.is_dir():
+        raise DataError(f"out: {path} is a folder; give the .onnx file to write")
     if not path.parent.is_dir():
         raise DataError(f"out: output folder {path.parent} does not exist")
 
@@ -114,6 +117,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     policy: str = "promote",
     batch: int = 2,
+    layout: Layout | None = None,
 ) -> ExportReport:
     """Export ``model`` to ONNX (atomically: a failed export leaves no file at ``path``).
 
@@ -126,6 +130,8 @@ def export_onnx(
         policy: points ONNX Runtime cannot run at their bit width (activations below 8 bit, log2):
             ``promote`` to 8 bit, keep ``float``, or ``error``. Reported in ``ExportReport.points``.
         batch: batch size of the traced input; the exported batch axis is dynamic.
+        layout: op placement of the INT8 graph (:class:`~vitcompress.export.convert.Layout`; default:
+            every choice that was measured to help, ``docs/deploy.md``).
 
     Returns:
         An :class:`ExportReport`.
@@ -147,7 +153,7 @@ def export_onnx(
     t0 = time.perf_counter()
     points: list[PointExport] = []
     if precision == "int8":
-        graph_model, points = to_export_model(model, policy)
+        graph_model, points = to_export_model(model, policy, layout)
     else:
         graph_model = _float_copy(model)
     shape = _input_shape(model, batch)

@@ -33,18 +33,22 @@ def _broadcast(t: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tens
 
 class _QuantizeDequantize(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, scale, zero_point, dq_scale, axis, qmin, qmax):  # noqa: D102
+    def forward(ctx, x, scale, zero_point, dq_scale, dq_zero_point, axis, qmin, qmax):  # noqa: D102
         z = zero_point.to(scale.dtype)
+        if dq_zero_point is not None:  # de-quantized without the zero point: code·dq_scale
+            codes = torch.clamp(torch.round(x / _broadcast(scale, x, axis)) + _broadcast(z, x, axis), qmin, qmax)
+            return (codes * _broadcast(dq_scale, x, axis)).to(x.dtype)
         y = fake_quant(x, _broadcast(scale, x, axis), _broadcast(z, x, axis), qmin, qmax)
         if dq_scale is not scale:  # a folded constant factor: (code − z)·(s·factor)
             y = y / _broadcast(scale, x, axis) * _broadcast(dq_scale, x, axis)
         return y.to(x.dtype)
 
     @staticmethod
-    def symbolic(g, x, scale, zero_point, dq_scale, axis, qmin, qmax):  # noqa: D102
+    def symbolic(g, x, scale, zero_point, dq_scale, dq_zero_point, axis, qmin, qmax):  # noqa: D102
         kw = {} if axis is None else {"axis_i": axis}
         q = g.op("QuantizeLinear", x, scale, zero_point, **kw)
-        return g.op("DequantizeLinear", q, dq_scale, zero_point, **kw)
+        dq_zero = zero_point if dq_zero_point is None else dq_zero_point
+        return g.op("DequantizeLinear", q, dq_scale, dq_zero, **kw)
 
 
 class _Dequantize(torch.autograd.Function):
@@ -70,26 +74,48 @@ class QDQ(nn.Module):
         axis: channel axis for per-channel scales (None: per tensor).
         factor: a constant the de-quantized values are multiplied by, folded into the
             ``DequantizeLinear`` scale (the attention scale 1/√d on q: one ``Mul`` less per head).
+        dq_zero: if False, ``DequantizeLinear`` has zero point 0: the output is ``code·s·factor``,
+            which is ``offset`` (``z·s·factor``) above the quantized value. The caller subtracts
+            ``offset`` after a matmul (see ``vitcompress.export.convert``); a matmul whose operands have
+            no zero point is what OpenVINO runs on integer kernels.
     """
 
     def __init__(
-        self, scale: torch.Tensor, zero_point: torch.Tensor, signed: bool, axis: int | None = None, factor: float = 1.0
+        self,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor,
+        signed: bool,
+        axis: int | None = None,
+        factor: float = 1.0,
+        dq_zero: bool = True,
     ):
         super().__init__()
         dtype = torch.int8 if signed else torch.uint8
         self.register_buffer("scale", scale.detach().float().clone())
         self.register_buffer("dq_scale", None if factor == 1.0 else self.scale * factor)
         self.register_buffer("zero_point", zero_point.detach().round().to(dtype))
+        self.register_buffer("dq_zero_point", None if dq_zero else torch.zeros_like(self.zero_point))
         self.axis = axis if scale.dim() else None
         self.qmin, self.qmax = (-128, 127) if signed else (0, 255)
+        self.factor = factor
+
+    @property
+    def offset(self) -> torch.Tensor:
+        """What the output exceeds the quantized value by: 0, or ``z·s·factor`` when ``dq_zero`` is False."""
+        if self.dq_zero_point is None:
+            return torch.zeros_like(self.scale)
+        return self.zero_point.float() * (self.scale if self.dq_scale is None else self.dq_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dq_scale = self.scale if self.dq_scale is None else self.dq_scale
-        return _QuantizeDequantize.apply(x, self.scale, self.zero_point, dq_scale, self.axis, self.qmin, self.qmax)
+        return _QuantizeDequantize.apply(
+            x, self.scale, self.zero_point, dq_scale, self.dq_zero_point, self.axis, self.qmin, self.qmax
+        )
 
     def extra_repr(self) -> str:
         kind = "int8" if self.qmin < 0 else "uint8"
-        return f"{kind}, {'per tensor' if self.axis is None else f'axis {self.axis}'}"
+        dq = "" if self.dq_zero_point is None else ", dequantized without zero point"
+        return f"{kind}, {'per tensor' if self.axis is None else f'axis {self.axis}'}{dq}"
 
 
 class DequantizeWeight(nn.Module):
@@ -110,3 +136,53 @@ class DequantizeWeight(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return _Dequantize.apply(self.codes, self.scale, self.zero_point, self.axis)
+
+
+class _QuantizeMoveDequantize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, dq_scale, dq_zero_point, qmin, qmax, perm, merge_last):  # noqa: D102
+        y = _QuantizeDequantize.forward(ctx, x, scale, zero_point, dq_scale, dq_zero_point, None, qmin, qmax)
+        y = y.permute(*perm)
+        return y.reshape(*y.shape[:-2], -1) if merge_last else y
+
+    @staticmethod
+    def symbolic(g, x, scale, zero_point, dq_scale, dq_zero_point, qmin, qmax, perm, merge_last):  # noqa: D102
+        q = g.op("QuantizeLinear", x, scale, zero_point)
+        q = g.op("Transpose", q, perm_i=list(perm))
+        if merge_last:  # (…, A, B) -> (…, A·B); 0 keeps a dimension as it is
+            shape = torch.tensor([0] * (len(perm) - 2) + [-1], dtype=torch.int64)
+            q = g.op("Reshape", q, g.op("Constant", value_t=shape))
+        return g.op("DequantizeLinear", q, dq_scale, zero_point if dq_zero_point is None else dq_zero_point)
+
+
+class QDQMove(nn.Module):
+    """A per-tensor :class:`QDQ` with a transpose (and optionally a merge of the last two axes) between
+    its ``QuantizeLinear`` and its ``DequantizeLinear``: the data movement runs on 8-bit codes, and the
+    ``DequantizeLinear`` still feeds the matmul after it. Per-tensor quantization commutes with
+    moving elements, so the values are those of ``qdq(x).permute(perm)``.
+
+    Args:
+        qdq: a per-tensor :class:`QDQ`, or ``nn.Identity`` (then a plain permute).
+        perm: the permutation.
+        merge_last: merge the last two axes after the permutation ((B, N, H, D) -> (B, N, H·D)).
+    """
+
+    def __init__(self, qdq: nn.Module, perm: tuple[int, ...], merge_last: bool = False):
+        super().__init__()
+        if isinstance(qdq, QDQ) and qdq.axis is not None:
+            raise ValueError("QDQMove needs a per-tensor QDQ")
+        self.qdq, self.perm, self.merge_last = qdq, tuple(perm), merge_last
+
+    @property
+    def offset(self) -> torch.Tensor:
+        return self.qdq.offset if isinstance(self.qdq, QDQ) else torch.zeros(())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.qdq
+        if not isinstance(q, QDQ):
+            y = x.permute(*self.perm)
+            return y.reshape(*y.shape[:-2], -1) if self.merge_last else y
+        dq_scale = q.scale if q.dq_scale is None else q.dq_scale
+        return _QuantizeMoveDequantize.apply(
+            x, q.scale, q.zero_point, dq_scale, q.dq_zero_point, q.qmin, q.qmax, self.perm, self.merge_last
+        )
