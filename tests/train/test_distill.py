@@ -7,6 +7,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from tiny_models import tiny_swin
 from vitcompress.errors import ConfigError
 from vitcompress.sparsity import sparsify_
 from vitcompress.train.distill import DistillConfig, DistillLoss, feature_points, soft_logit_loss, weight_factors
@@ -26,22 +27,6 @@ def tiny_vit(depth=3, **kw):
         num_heads=2,
         num_classes=10,
         **kw,
-    )
-
-
-def tiny_swin():
-    torch.manual_seed(0)
-    return timm.create_model(
-        "swin_tiny_patch4_window7_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=2,
-        in_chans=1,
-        embed_dim=16,
-        depths=(1, 1),
-        num_heads=(1, 2),
-        window_size=4,
-        num_classes=10,
     )
 
 

@@ -7,32 +7,17 @@ import sys
 import textwrap
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from tiny_models import tiny_vit
 from vitcompress.errors import ConfigError, DataError, StateError
 from vitcompress.sparsity import check_sparsity, mask_gradients_, sparsify_
 from vitcompress.train.schedule import warmup_cosine
 from vitcompress.train.trainer import TrainConfig, step_indices, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_vit(drop_path=0.0):
-    torch.manual_seed(0)
-    return timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=8,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        num_classes=10,
-        drop_path_rate=drop_path,
-    )
 
 
 def data(n=48):

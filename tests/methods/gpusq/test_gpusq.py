@@ -3,10 +3,10 @@
 from dataclasses import replace
 
 import pytest
-import timm
 import torch
 from torch.utils.data import TensorDataset
 
+from tiny_models import tiny_swin, tiny_vit
 from vitcompress.config import EDGE_8BIT, QuantSpec
 from vitcompress.cost import cost
 from vitcompress.errors import ConfigError, StateError
@@ -18,20 +18,6 @@ from vitcompress.train.qat import prepare_sparse_qat_, qat_recipe
 from vitcompress.train.trainer import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_vit():
-    torch.manual_seed(0)
-    return timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=8,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        num_classes=10,
-    )
 
 
 def data(n=32):
@@ -139,19 +125,7 @@ def test_sigterm_in_stage_1_stops_before_stage_2_and_resumes(tmp_path, monkeypat
 def test_quant_recipe_fits_swin_and_8bit_edges():
     from vitcompress.nn.convert import prepare
 
-    torch.manual_seed(0)
-    swin = timm.create_model(
-        "swin_tiny_patch4_window7_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=2,
-        in_chans=1,
-        embed_dim=16,
-        depths=(1, 1),
-        num_heads=(1, 2),
-        window_size=4,
-        num_classes=10,
-    )
+    swin = tiny_swin()
     recipe = gpusq_quant_recipe(4, "gpusq-int4")
     assert recipe.overrides == EDGE_8BIT  # the one 8-bit edge list of every preset
     prepare(swin, recipe)  # Swin's head is head.fc
