@@ -26,6 +26,7 @@ from vitcompress.data.calib import first_images
 from vitcompress.data.datasets import calibration_subset
 from vitcompress.data.folder import verify_images
 from vitcompress.data.source import DataSource
+from vitcompress.errors import StateError
 from vitcompress.eval.classification import Metrics, evaluate
 from vitcompress.io import write_json, write_text
 from vitcompress.methods.registry import method_for
@@ -196,7 +197,7 @@ def _recipe_name(result: Result) -> str:
         return name
     try:
         return recipe_of(result.model).name
-    except Exception:  # a model the method did not quantize
+    except StateError:  # a model the method did not quantize
         return result.method
 
 
