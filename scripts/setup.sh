@@ -14,7 +14,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -
   .venv/bin/python -m pip install -q --upgrade pip
   # torch and torchvision pinned to the builds this machine class ships (see README, "Set-up")
   .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-  .venv/bin/python -m pip install -q -e ".[dev,onnx,hf]"
+  .venv/bin/python -m pip install -q -e ".[dev,onnx,hf,detection]"
   echo "$want" > "$stamp"
 fi
 
