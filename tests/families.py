@@ -55,6 +55,8 @@ def build(family: str, layer_scale: float | None = 0.1, seed: int = 0) -> torch.
     name, kwargs, _ = FAMILIES[family]
     torch.manual_seed(seed)
     model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
+    # timm keeps the pretrained 224-px input_size after img_size=...: state the size the model takes
+    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": input_shape(family)}
     if layer_scale is not None:
         with torch.no_grad():
             for pname, p in model.named_parameters():

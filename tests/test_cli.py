@@ -2,6 +2,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,9 @@ COMMANDS = [
     ["zoo", "list"],
     ["zoo", "train"],
     ["cost"],
+    ["inspect"],
+    ["scenes"],
+    ["scenes", "build"],
     ["compress"],
     *(["compress", m] for m in METHODS),
     ["allocate"],
@@ -124,3 +128,16 @@ def test_numeric_options_are_checked_before_any_work(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_scenes_build_writes_coco_json_once(tmp_path, capsys):
+    argv = ["scenes", "build", "--image-size", "64", "--train-size", "3", "--val-size", "2", "--max-item-size", "40",
+            "--cache-dir", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    folder = capsys.readouterr().out.strip()
+    val = json.loads((Path(folder) / "annotations" / "instances_val.json").read_text())
+    assert len(val["images"]) == 2 and val["annotations"] and {c["id"] for c in val["categories"]} == set(range(1, 11))
+    assert main(argv) == 0 and capsys.readouterr().out.strip() == folder  # built once, then reused
+    with pytest.raises(SystemExit) as e:  # argparse refuses a background outside the choices
+        main([*argv[:-2], "--background", "stripes", "--cache-dir", str(tmp_path)])
+    assert e.value.code == 2 and "stripes" in capsys.readouterr().err

@@ -108,6 +108,24 @@ class CostOptions:
 
 
 @dataclass(frozen=True)
+class InspectOptions:
+    """``vitcompress inspect``.
+
+    Attributes:
+        recipe: preset name or YAML/JSON recipe
+        input_size: image size for the MAC count (default: the model's)
+        json: print JSON
+    """
+
+    recipe: str = "w8a8"
+    input_size: int | None = None
+    json: bool = False
+
+    def __post_init__(self) -> None:
+        positive_int("input_size", self.input_size, optional=True)
+
+
+@dataclass(frozen=True)
 class ZooListOptions:
     """``vitcompress zoo list``.
 
@@ -152,6 +170,7 @@ def _parser(sub, name: str, help_text: str, run: Callable, *option_classes: type
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
+    from vitcompress.data.scenes.config import SceneBuildOptions, SceneConfig
     from vitcompress.data.source import DataSource
     from vitcompress.export.cli import BenchOptions, ExportOptions
     from vitcompress.jobs import JobConfig
@@ -165,11 +184,30 @@ def build_parser() -> argparse.ArgumentParser:
     _parser(sub, "demo", "PTQ presets on both reference models, comparison table", _demo, DemoOptions)
     _parser(sub, "eval", "evaluate a model on the test set", _eval, ModelSource, DataSource, EvalOptions)
     _parser(sub, "cost", "MACs, BOPs and size of a model (optionally under a recipe)", _cost, ModelSource, CostOptions)
+    _parser(
+        sub,
+        "inspect",
+        "what a recipe will quantize in a model (points, float modules, attention), before any data",
+        _inspect,
+        ModelSource,
+        InspectOptions,
+    )
     zoo = sub.add_parser("zoo", help="reference models: list, train").add_subparsers(
         dest="zoo_command", required=True, metavar="ACTION"
     )
     _parser(zoo, "list", "list the reference models and their manifests", _zoo_list, ZooListOptions)
     _parser(zoo, "train", "train a reference model with its seeded recipe (resumable)", _zoo_train, ZooTrainOptions)
+    scenes = sub.add_parser("scenes", help="the embedded detection scenes: build").add_subparsers(
+        dest="scenes_command", required=True, metavar="ACTION"
+    )
+    _parser(
+        scenes,
+        "build",
+        "build the detection scenes from Fashion-MNIST into the cache (COCO JSON, deterministic)",
+        _scenes_build,
+        SceneConfig,
+        SceneBuildOptions,
+    )
     methods = sub.add_parser(
         "compress",
         help="compress a model with one method; write model, metrics, report",
@@ -249,6 +287,14 @@ def _zoo_train(args: argparse.Namespace, g: GlobalOptions) -> int:
     return 0
 
 
+def _scenes_build(args: argparse.Namespace, g: GlobalOptions) -> int:
+    from vitcompress.data.scenes import SceneBuildOptions, SceneConfig, build_scenes
+
+    config, opts = from_args(SceneConfig, args), from_args(SceneBuildOptions, args)
+    print(build_scenes(config, cache_dir=opts.cache_dir, data_root=g.data_root, overwrite=opts.overwrite))
+    return 0
+
+
 def _demo(args: argparse.Namespace, g: GlobalOptions) -> int:
     from vitcompress.config import resolve_recipe
     from vitcompress.jobs import JobConfig, run_job
@@ -318,6 +364,18 @@ def _cost(args: argparse.Namespace, g: GlobalOptions) -> int:
             qz.enabled = qz.spec.enabled
     report = cost(model, input_size=opts.input_size)
     print(json.dumps(report.to_dict(), indent=2) if opts.json else format_table(report))
+    return 0
+
+
+def _inspect(args: argparse.Namespace, g: GlobalOptions) -> int:
+    from vitcompress.config import resolve_recipe
+    from vitcompress.inspection import format_inspection, inspect_model
+    from vitcompress.models.source import ModelSource
+
+    source, opts = from_args(ModelSource, args), from_args(InspectOptions, args)
+    recipe = resolve_recipe(opts.recipe)  # checked before the model loads
+    found = inspect_model(source.load(), recipe, input_size=opts.input_size)
+    print(json.dumps({"model": source.model, **found.to_dict()}, indent=2) if opts.json else format_inspection(found))
     return 0
 
 

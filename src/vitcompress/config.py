@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from vitcompress.errors import ConfigError, first_line
-from vitcompress.validate import known_keys, number, one_of
+from vitcompress.validate import integer, known_keys, number, one_of, positive_int
 
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 GROUP_BITS = (2, 3, 4, 5, 6, 7, 8, 16)  # per-group bit widths (a group cannot be "off")
-SCHEMES = ("symmetric", "asymmetric", "log2", "ptf")
+SCHEMES = ("symmetric", "asymmetric", "log2", "ptf", "log_sqrt2")
 GRANULARITIES = ("tensor", "channel", "group", "token")
 OBSERVERS = ("minmax", "percentile", "omse", "mse")
 ROLES = ("weight", "act", "qkv", "probs", "norm")  # what a quantization point quantizes
+MAX_PREFIX_TOKENS = 64
 
 
 def _check_group_size(name: str, value: Any) -> None:
@@ -62,6 +63,7 @@ FIELD_CHECKS: dict[str, Callable[[str, Any], None]] = {
     "percentile": _check_percentile,
     "learnable": _check_bool,
     "group_bits": _check_group_bits,
+    "prefix_tokens": lambda n, v: integer(n, v, minimum=0, maximum=MAX_PREFIX_TOKENS),
 }
 """One check per :class:`QuantSpec` field that needs no other field (an override is checked with them when
 it is read; the checks across fields run when it is applied to a role default)."""
@@ -79,7 +81,8 @@ class QuantSpec:
     Attributes:
         bits: 2..8 or 16; 32 means "not quantized".
         scheme: ``symmetric`` (signed, z = 0), ``asymmetric`` (unsigned with zero point),
-            ``log2`` (attention probabilities in [0, 1]) or ``ptf`` (power-of-two factor, LayerNorm inputs).
+            ``log2`` (attention probabilities in [0, 1]), ``ptf`` (power-of-two factor, LayerNorm inputs) or
+            ``log_sqrt2`` (levels a factor √2 apart below a calibrated scale, attention probabilities; RepQ-ViT).
         granularity: ``tensor``; ``channel`` (per output channel, weights); ``group`` (``group_size``
             consecutive output channels share a scale and a bit width); ``token`` (dynamic per token).
         group_size: channels per group, for ``granularity="group"``.
@@ -89,6 +92,10 @@ class QuantSpec:
             keep the least MSE) or ``mse`` (finer search of the clipping range by least MSE).
         percentile: for ``observer="percentile"``, in (50, 100].
         learnable: LSQ-style learnable scale, for QAT.
+        prefix_tokens: up to this many leading tokens (class, distillation, register tokens) of a
+            ``(B, N, C)`` activation may get scales of their own, each one: those whose calibrated range
+            differs more than 2× from the other tokens' (and any before them). 0: one scale for all
+            tokens. Per-tensor uniform and PTF only (``vitcompress.quant.observers.TokenObserver``).
     """
 
     bits: int = 8
@@ -98,7 +105,8 @@ class QuantSpec:
     observer: str = "minmax"
     percentile: float = 99.99
     learnable: bool = False
-    group_bits: tuple[int, ...] | None = None  # last: positional construction keeps working
+    group_bits: tuple[int, ...] | None = None  # after the others: positional construction keeps working
+    prefix_tokens: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.group_bits, Iterator):  # read a generator once
@@ -113,8 +121,13 @@ class QuantSpec:
             raise ConfigError(f"group_size is only allowed with granularity 'group', got {self.group_size!r}")
         if self.granularity != "group" and self.group_bits is not None:
             raise ConfigError(f"group_bits is only allowed with granularity 'group', got {self.granularity!r}")
-        if self.scheme in ("log2", "ptf") and self.granularity != "tensor":
+        if self.scheme in ("log2", "ptf", "log_sqrt2") and self.granularity != "tensor":
             raise ConfigError(f"granularity must be 'tensor' for scheme {self.scheme!r}, got {self.granularity!r}")
+        if self.prefix_tokens and (self.granularity != "tensor" or self.scheme in ("log2", "log_sqrt2")):
+            raise ConfigError(
+                f"prefix_tokens needs granularity 'tensor' and scheme 'symmetric', 'asymmetric' or 'ptf', "
+                f"got {self.granularity!r} / {self.scheme!r}"
+            )
 
     @property
     def enabled(self) -> bool:
@@ -126,6 +139,8 @@ class QuantSpec:
             del d["group_bits"]
         else:
             d["group_bits"] = list(d["group_bits"])
+        if not d["prefix_tokens"]:  # likewise for prefix_tokens
+            del d["prefix_tokens"]
         return d
 
     @classmethod
@@ -147,6 +162,57 @@ def _reject_unknown(d: Any, cls: type, where: str, extra: tuple = ()) -> None:
 
 
 UNKNOWN_LAYER_POLICIES = ("error", "float")
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """Block reconstruction after calibration (:mod:`vitcompress.recon`): AdaRound weight rounding (Nagel et al.,
+    ICML 2020, arXiv:2004.10568) and LSQ activation step sizes, learned block by block against the float block's
+    output (BRECQ, Li et al., ICLR 2021, arXiv:2102.05426) with QDrop (Wei et al., ICLR 2022, arXiv:2203.05740).
+
+    Attributes:
+        iters: optimisation steps per block (see docs/quantization.md for the accuracy/iterations curve).
+        batch_size: calibration images per step.
+        weight_lr: Adam learning rate of the AdaRound rounding variables.
+        scale_lr: Adam learning rate of the activation step sizes relative to each step size (cosine decay to 0);
+            0 keeps them fixed.
+        round_weight: weight of the AdaRound rounding regularizer.
+        beta_start: AdaRound annealing exponent at the end of the warm-up (decays linearly to beta_end).
+        beta_end: AdaRound annealing exponent at the last step.
+        warmup: fraction of the steps without the rounding regularizer.
+        drop_prob: QDrop: probability that an activation element skips quantization while learning (0: BRECQ).
+        seed: seed of the batches and of the QDrop masks.
+    """
+
+    iters: int = 200
+    batch_size: int = 32
+    weight_lr: float = 1e-2
+    scale_lr: float = 4e-3
+    round_weight: float = 0.01
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+    warmup: float = 0.2
+    drop_prob: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("iters", "batch_size"):
+            positive_int(f"reconstruction.{name}", getattr(self, name))
+        integer("reconstruction.seed", self.seed, minimum=0)
+        for name in ("weight_lr", "scale_lr", "round_weight", "beta_start", "beta_end"):
+            number(f"reconstruction.{name}", getattr(self, name), low=0.0)
+        for name in ("warmup", "drop_prob"):
+            number(f"reconstruction.{name}", getattr(self, name), low=0.0, high=1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Reconstruction:
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"reconstruction must be a mapping of its fields, got {d!r}")
+        _reject_unknown(d, cls, "reconstruction")
+        return cls(**d)
 
 
 def _override(item: Any) -> tuple[str, tuple[tuple[str, Any], ...]]:
@@ -186,6 +252,14 @@ class Recipe:
     :class:`QuantSpec` dict applied on top of the role default. Precedence: an exact name beats
     every glob; among globs the first listed wins; only one override applies to a point. A pattern
     that matches no point is an error (raised when the recipe is applied to a model).
+
+    ``reparam``: before quantizing, fold per-channel ranges of every LayerNorm output that feeds only
+    linear layers into the LayerNorm and those layers (RepQ-ViT, Li et al., ICCV 2023,
+    arXiv:2212.08254; :mod:`vitcompress.nn.reparam`), so their per-tensor input quantizers fit every
+    channel. The float function is unchanged.
+
+    ``reconstruction``: after calibration, learn the weight rounding and activation step sizes block by
+    block on the calibration images (:class:`Reconstruction`, :mod:`vitcompress.recon`); None: off.
     """
 
     name: str = "custom"
@@ -197,6 +271,8 @@ class Recipe:
     overrides: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     bias_correction: bool = False
     unknown_layers: str = "error"
+    reconstruction: Reconstruction | None = None
+    reparam: bool = False
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -206,7 +282,10 @@ class Recipe:
             if not isinstance(getattr(self, role), QuantSpec):
                 raise ConfigError(f"{role} must be a QuantSpec, got {type(getattr(self, role)).__name__}")
         _check_bool("bias_correction", self.bias_correction)
+        _check_bool("reparam", self.reparam)
         one_of("unknown_layers", self.unknown_layers, UNKNOWN_LAYER_POLICIES)
+        if self.reconstruction is not None and not isinstance(self.reconstruction, Reconstruction):
+            raise ConfigError(f"reconstruction must be a Reconstruction or null, got {self.reconstruction!r}")
         if self.version != 1 or isinstance(self.version, bool):
             raise ConfigError(f"version must be one of [1], got {self.version!r}")
         if isinstance(self.overrides, (str, bytes, Mapping)) or not isinstance(self.overrides, Iterable):
@@ -223,6 +302,8 @@ class Recipe:
         changes = dict(dict(self.overrides)[pattern])
         if changes.get("granularity", base.granularity) != "group" and "granularity" in changes:
             changes.setdefault("group_size", None)
+        if changes.get("granularity", base.granularity) != "tensor" or changes.get("scheme") in ("log2", "log_sqrt2"):
+            changes.setdefault("prefix_tokens", 0)  # leading tokens apart only exist per tensor
         try:
             return replace(base, **changes)
         except ConfigError as e:
@@ -247,6 +328,10 @@ class Recipe:
         out["overrides"] = [{"pattern": p, **dict(c)} for p, c in self.overrides]
         out["bias_correction"] = self.bias_correction
         out["unknown_layers"] = self.unknown_layers
+        if self.reconstruction is not None:  # recipes without it stay byte-identical
+            out["reconstruction"] = self.reconstruction.to_dict()
+        if self.reparam:  # likewise
+            out["reparam"] = True
         return out
 
     @classmethod
@@ -269,6 +354,8 @@ class Recipe:
             o = dict(o)
             overrides.append((o.pop("pattern"), o))
         kwargs["overrides"] = tuple(overrides)
+        if kwargs.get("reconstruction") is not None:
+            kwargs["reconstruction"] = Reconstruction.from_dict(kwargs["reconstruction"])
         return cls(**kwargs)
 
     def to_yaml(self) -> str:
@@ -395,32 +482,52 @@ def load_yaml_file(path: str | Path, what: str = "file", error: type[Exception] 
 
 
 # ---- presets -------------------------------------------------------------------------------------
-EDGE_8BIT = (("patch_embed.proj.*", (("bits", 8),)), ("head*", (("bits", 8),)))
-"""Recipe overrides keeping the first and last layers (patch embedding, head, a distilled head_dist) at 8 bit.
+EDGE_8BIT = (("@stem.*", (("bits", 8),)), ("@head.*", (("bits", 8),)))
+"""Recipe overrides keeping the model's first and last layers at 8 bit.
 
-Every preset uses them, as is common practice (FQ-ViT, PTQ4ViT, RepQ-ViT): these layers hold few
-parameters and dominate the error at low bit widths. Pass as ``Recipe(..., overrides=EDGE_8BIT)``.
+``@stem`` and ``@head`` are resolved when the recipe is applied to a model (:mod:`vitcompress.nn.edges`):
+the first conv timm's ``pretrained_cfg`` names (``patch_embed.proj`` in a ViT, ``stem.conv1.linear`` in
+LeViT) and the classifier(s) ``get_classifier()`` returns (``head``, ``head.fc`` in Swin, ``head`` and
+``head_dist`` in a distilled DeiT). Every preset uses them, as is common practice (FQ-ViT, PTQ4ViT,
+RepQ-ViT): these layers hold few parameters and dominate the error at low bit widths. Pass as
+``Recipe(..., overrides=EDGE_8BIT)``.
 """
 _BITS = {"w8a8": (8, 8), "w6a6": (6, 6), "w4a8": (4, 8), "w4a4": (4, 4), "w3a8": (3, 8)}
 
 
+PRESET_PREFIX_TOKENS = 16
+"""Leading tokens the presets' LayerNorm-input quantizers may set apart (class, distillation and up to 14
+register tokens): a class token 10–100× smaller than the patch tokens at a LayerNorm input is otherwise
+rounded to a constant by the shared scale (see ``QuantSpec.prefix_tokens``)."""
+
+
+PLAIN_MIN_BITS = 8  # probabilities and LayerNorm inputs of the plain presets below 6-bit activations
+
+
 def _minmax_preset(name: str, wb: int, ab: int) -> Recipe:
     """Plain min-max PTQ: per-channel symmetric weights, per-tensor asymmetric activations, uniform
-    softmax and LayerNorm inputs: every activation is quantized (q, k, v, probabilities, LN inputs)."""
+    softmax and LayerNorm inputs: every activation is quantized (q, k, v, probabilities, LN inputs);
+    the leading tokens of LN inputs that differ in scale get scales of their own.
+
+    Below 6-bit activations the probabilities and LayerNorm inputs stay at 8 bit (``PLAIN_MIN_BITS``): 16
+    uniform levels flush most softmax outputs to 0 and cannot hold the residual stream's range (on vit-fmnist
+    each of the two costs about 8 pt at W4A4, both together 16 pt; docs/results/lowbit.md)."""
     act = QuantSpec(ab, "asymmetric")
+    keep = PLAIN_MIN_BITS if ab < 6 else ab
     return Recipe(
         name=name,
         weight=QuantSpec(wb, "symmetric", "channel"),
         act=act,
         qkv=act,
-        probs=act,
-        norm=act,
+        probs=replace(act, bits=keep),
+        norm=QuantSpec(keep, "asymmetric", prefix_tokens=PRESET_PREFIX_TOKENS),
         overrides=EDGE_8BIT,
     )
 
 
 def _fqvit_preset(name: str, wb: int, ab: int) -> Recipe:
-    """FQ-ViT style: OMSE activation ranges, PTF LayerNorm inputs, log2 softmax, bias correction."""
+    """FQ-ViT style: OMSE activation ranges, PTF LayerNorm inputs (leading tokens that differ in scale
+    apart), log2 softmax, bias correction."""
     act = QuantSpec(ab, "asymmetric", observer="omse")
     return Recipe(
         name=name,
@@ -428,17 +535,41 @@ def _fqvit_preset(name: str, wb: int, ab: int) -> Recipe:
         act=act,
         qkv=act,
         probs=QuantSpec(ab, "log2"),
-        norm=QuantSpec(ab, "ptf"),
+        norm=QuantSpec(ab, "ptf", prefix_tokens=PRESET_PREFIX_TOKENS),
         overrides=EDGE_8BIT,
         bias_correction=True,
     )
+
+
+REPQ_BITS = {"w4a4": (4, 4), "w4a8": (4, 8)}  # no repq-w3a3: 8 log√2 levels end at s·2^−3.5 (docs/results/lowbit.md)
+
+
+def _repq_preset(name: str, wb: int, ab: int) -> Recipe:
+    """RepQ-ViT (Li, Xiao, Yang, Gu, ICCV 2023, arXiv:2212.08254) on top of FQ-ViT: post-LayerNorm
+    reparameterization and the log√2 softmax quantizer below 8 bits. At 8 bits the probabilities stay uniform:
+    log√2's levels near 1 are √2 apart at any width (vit-fmnist, probabilities alone quantized: logits SQNR
+    27 dB for log√2 at 4 or 8 bits, 40 dB uniform 8-bit, 21 dB log2, 10 dB uniform 4-bit)."""
+    probs = QuantSpec(ab, "log_sqrt2") if ab < 8 else QuantSpec(ab, "asymmetric", observer="omse")
+    return replace(_fqvit_preset(name, wb, ab), probs=probs, reparam=True)
 
 
 def _presets() -> dict[str, Recipe]:
     out = {k: _minmax_preset(k, *b) for k, b in _BITS.items()}
     out.update({f"fqvit-{k}": _fqvit_preset(f"fqvit-{k}", *b) for k, b in _BITS.items()})
     out["fqvit"] = replace(out["fqvit-w8a8"], name="fqvit")
+    out.update({f"repq-{k}": _repq_preset(f"repq-{k}", *b) for k, b in REPQ_BITS.items()})
+    out.update({f"recon-{k}": _recon_preset(out, k) for k in RECON_BITS if {f"repq-{k}", f"fqvit-{k}"} & out.keys()})
     return out
+
+
+RECON_BITS = ("w4a4", "w4a8", "w3a3")
+
+
+def _recon_preset(presets: dict[str, Recipe], bits: str) -> Recipe:
+    """The strongest PTQ preset at ``bits`` (``repq-`` when there is one, else ``fqvit-``) plus block
+    reconstruction (:class:`Reconstruction`), without bias correction: the learned rounding replaces it."""
+    base = presets.get(f"repq-{bits}", presets.get(f"fqvit-{bits}"))
+    return replace(base, name=f"recon-{bits}", bias_correction=False, reconstruction=Reconstruction())
 
 
 PRESETS: tuple[str, ...] = tuple(_presets())

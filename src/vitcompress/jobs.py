@@ -31,6 +31,7 @@ from vitcompress.eval.classification import Metrics, evaluate
 from vitcompress.io import write_json, write_text
 from vitcompress.methods.registry import method_for
 from vitcompress.models.source import ModelSource
+from vitcompress.nn.convert import attention_summary, float_modules, quantization_points
 from vitcompress.options import option
 from vitcompress.quantize import recipe_of, save
 from vitcompress.report.analysis import layer_stats
@@ -188,6 +189,20 @@ def common_metrics(
         "fp_size_bytes": fp_cost.size_bytes,
         "size_reduction": fp_cost.size_bytes / max(1, q_cost.size_bytes),
         "calib_size": calib_size,
+        **coverage(result.model),
+    }
+
+
+def coverage(model: nn.Module) -> dict[str, Any]:
+    """What the compressed model quantizes: attention blocks with softmax and both matmuls quantized, and the
+    modules left in float with the reason (empty for a model with no quantizer: nothing is claimed)."""
+    if not any(True for _ in quantization_points(model)):
+        return {}
+    attention = attention_summary(model)
+    return {
+        "attention_modules": attention.attention_modules,
+        "quantized_attention": attention.quantized_attention,
+        "float_modules": [{"name": f.name, "type": f.type, "why": f.why} for f in float_modules(model)],
     }
 
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from vitcompress.config import Recipe, load_json_file
-from vitcompress.data.calib import iter_images
+from vitcompress.data.calib import example_image, iter_images
 from vitcompress.errors import CheckpointError, ConfigError, StateError
 from vitcompress.eval.classification import check_input
 from vitcompress.io import write_json
@@ -30,7 +30,10 @@ from vitcompress.models.checkpoint import load_weights, save_weights
 from vitcompress.nn.checks import check_finite_weights
 from vitcompress.nn.convert import point_role, prepare, quantization_points
 from vitcompress.nn.linear import QuantConv2d, QuantLinear
+from vitcompress.nn.reparam import add_folded_biases, reparameterize_
 from vitcompress.outputs import swap_into_place, verify_manifest, write_manifest
+from vitcompress.recon import STATE_FILE as RECON_STATE_FILE
+from vitcompress.recon import reconstruct_
 from vitcompress.sparsity import masks_from_weights_, sparsity_plan
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,7 @@ SPARSITY_FILE = "sparsity.json"  # N:M sparsity plan (layer -> pattern), when th
 # LAYOUT_ATTR to a JSON-able dict whose "builder" names the function that rebuilds it
 # ("vitcompress.methods.<m>.<module>:<function>", called as fn(prepared_model, layout) before the weights load).
 LAYOUT_ATTR, LAYOUT_FILE = "vitcompress_layout", "layout.json"
+RECON_ATTR = "vitcompress_reconstruction"  # set by quantize_ after block reconstruction: its summary (a dict)
 
 
 def recipe_of(model: nn.Module) -> Recipe:
@@ -51,6 +55,17 @@ def recipe_of(model: nn.Module) -> Recipe:
     if recipe is None:
         raise StateError("model is not quantized: run quantize_(model, recipe, calib) (PTQ) first")
     return recipe
+
+
+def _example(model: nn.Module, calib) -> torch.Tensor | None:
+    """The first calibration image on the model's device (the real input size, which a model built at another
+    size than its ``pretrained_cfg`` says needs), or None to let ``prepare`` use the size the model declares."""
+    x = example_image(calib)
+    if x is None:
+        return None
+    check_input(model, x)  # a wrong image size is a DataError naming both shapes, not a failed trace
+    param = next(model.parameters(), None)
+    return x if param is None else x.to(param.device)
 
 
 def _calibrate_weights(model: nn.Module) -> None:
@@ -96,7 +111,13 @@ def calibrate_activations(model: nn.Module, calib: Dataset | DataLoader | Iterab
 
 
 def quantize_(
-    model: nn.Module, recipe: Recipe, calib: Dataset | DataLoader | Iterable | None, batch_size: int = 64
+    model: nn.Module,
+    recipe: Recipe,
+    calib: Dataset | DataLoader | Iterable | None,
+    batch_size: int = 64,
+    *,
+    state_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> nn.Module:
     """Quantize ``model`` in place following ``recipe`` (post-training quantization).
 
@@ -106,13 +127,20 @@ def quantize_(
         calib: calibration images (a Dataset of (image, label), a loader, or batches). May be None
             only if no activation is quantized.
         batch_size: calibration batch size when ``calib`` is a Dataset.
+        state_dir: where block reconstruction (``recipe.reconstruction``) keeps its resumable state.
+        resume: continue the reconstruction state in ``state_dir``.
 
     Returns:
         The same model, quantized and in eval mode.
     """
     t0 = time.perf_counter()
     check_finite_weights(model)
-    prepare(model, recipe)
+    if recipe.reparam:
+        if calib is None:
+            raise StateError("recipe has reparam: pass calibration data (calib)")
+        calib = list(calib) if iter(calib) is calib else calib  # a one-shot iterator is read twice
+        reparameterize_(model, calib, recipe.act, batch_size)  # on the float model, before prepare
+    prepare(model, recipe, _example(model, calib))  # one traced forward finds the ops to quantize
     _calibrate_weights(model)
     needs_data = any(
         point_role(n, q) != "weight" and q.spec.enabled and not q.is_calibrated for n, q in quantization_points(model)
@@ -126,9 +154,20 @@ def quantize_(
         for m in model.modules():
             if isinstance(m, (QuantLinear, QuantConv2d)):
                 m.bias_correction = True
+    if recipe.reconstruction is not None:
+        _reconstruct(model, recipe, calib, state_dir, resume)
     setattr(model, RECIPE_ATTR, recipe)
     log.info("quantized with recipe %r on %d calibration images in %.1f s", recipe.name, seen, time.perf_counter() - t0)
     return model.eval()
+
+
+def _reconstruct(model: nn.Module, recipe: Recipe, calib, state_dir: str | Path | None, resume: bool) -> None:
+    """Block reconstruction after calibration (:mod:`vitcompress.recon`); its summary on the model."""
+    if calib is None:
+        raise StateError("recipe has reconstruction: pass calibration data (calib)")
+    state = Path(state_dir) / RECON_STATE_FILE if state_dir is not None else None
+    result = reconstruct_(model, calib, recipe.reconstruction, recipe=recipe.to_dict(), state_path=state, resume=resume)
+    setattr(model, RECON_ATTR, result.to_dict())
 
 
 def save(model: nn.Module, path: str | Path) -> Path:
@@ -174,6 +213,14 @@ def _rebuild_layout(model: nn.Module, path: Path) -> None:
     setattr(model, LAYOUT_ATTR, layout)
 
 
+def _rebuild_structure(model: nn.Module, recipe: Recipe, path: Path) -> None:
+    """What a saved model has beyond ``prepare``: a method's layout, biases that reparameterization folded in."""
+    if (path / LAYOUT_FILE).is_file():
+        _rebuild_layout(model, path / LAYOUT_FILE)
+    if recipe.reparam:  # folding gave bias-free linears (e.g. Swin's patch merging) a bias
+        add_folded_biases(model, path / WEIGHTS_FILE)
+
+
 def _float_model(path: Path) -> nn.Module:
     """The float architecture a saved folder's ``source.json`` names (random weights: they get overwritten)."""
     if not (path / SOURCE_FILE).is_file():
@@ -206,8 +253,7 @@ def restore(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     model = _float_model(path) if model is None else model
     prepare(model, recipe)
     setattr(model, RECIPE_ATTR, recipe)  # a layout builder may ask for it
-    if (path / LAYOUT_FILE).is_file():
-        _rebuild_layout(model, path / LAYOUT_FILE)
+    _rebuild_structure(model, recipe, path)
     load_weights(model, path / WEIGHTS_FILE)
     if (path / SPARSITY_FILE).is_file():
         saved = load_json_file(path / SPARSITY_FILE, "sparsity plan", CheckpointError)

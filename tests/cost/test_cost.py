@@ -13,7 +13,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from vitcompress.cost import cost, format_table, macs_by_block
-from vitcompress.errors import ConfigError, UnsupportedModelError
+from vitcompress.errors import ConfigError
 
 
 class FakeQuantizer(nn.Module):
@@ -283,10 +283,22 @@ def test_input_size_the_model_cannot_run_is_an_error():
 
 def test_model_without_patch_embed_needs_input_size():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
-    with pytest.raises(ConfigError, match="input_size"):
+    with pytest.raises(ConfigError, match="--input-size"):
         cost(model)
     report = cost(model, input_size=8)
     assert [r.macs for r in report.layers] == [6 * 6 * 4 * 3 * 3 * 3, 144 * 2]
+    report = cost(nn.Sequential(nn.Conv2d(3, 4, 3)), input_size=(8, 12))  # height, width
+    assert report.input_shape == (3, 8, 12) and report.macs == 6 * 10 * 4 * 27
+
+
+def test_size_from_pretrained_cfg_and_a_size_the_model_cannot_run():
+    model = nn.Sequential(nn.Conv2d(3, 4, 2, stride=2), nn.Flatten(), nn.Linear(4 * 2 * 2, 2))
+    model.pretrained_cfg = {"input_size": (3, 4, 4)}
+    assert cost(model).input_shape == (3, 4, 4)
+    model.pretrained_cfg = {"input_size": (3, 8, 8)}  # stale: the model was built for 4x4
+    with pytest.raises(ConfigError, match=r"--input-size.*3x8x8"):
+        cost(model)
+    assert cost(model, input_size=4).macs == 4 * 4 * 3 * 4 + 16 * 2
 
 
 def test_every_call_counts():
@@ -302,10 +314,89 @@ def test_every_call_counts():
     assert cost(Twice(), input_size=2, in_chans=1).macs == 2 * 4 * 4
 
 
-def test_unknown_attention_is_refused():
-    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.MultiheadAttention(4, 2))
-    with pytest.raises(UnsupportedModelError, match="MultiheadAttention"):
-        cost(model, input_size=4)
+@pytest.mark.parametrize("need_weights", [False, True])  # the fused inference path, the explicit one
+def test_multihead_attention_is_counted_from_what_runs(need_weights):
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Conv2d(3, 8, 2, stride=2)  # 4x4 -> 2x2 = 4 tokens of 8
+            self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            t = self.embed(x).flatten(2).transpose(1, 2)
+            return self.mha(t, t, t, need_weights=need_weights)[0]
+
+    n, c, heads, hd = 4, 8, 2, 4
+    rows = {r.name: r.macs for r in cost(Tokens(), input_size=4).layers}
+    assert rows == {
+        "embed": 4 * 8 * 3 * 2 * 2,
+        "mha.in_proj_weight": n * c * 3 * c,  # a raw parameter (not a module's weight)
+        "mha.qk": heads * n * n * hd,
+        "mha.av": heads * n * n * hd,
+        "mha.out_proj": n * c * c,
+    }
+
+
+class Routed(nn.Module):
+    """Attention written with F.linear on a child's weight, einsum, and quantizers called on the operands
+    (names the cost model does not know: only the quantizer outputs that reach each product give its bits)."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+        self.qkv.weight_quantizer = FakeQuantizer(4, qparams=3 * c)
+        self.x_quantizer, self.a_quantizer, self.b_quantizer = FakeQuantizer(6), FakeQuantizer(5), FakeQuantizer(7)
+        self.p_quantizer, self.c_quantizer = FakeQuantizer(3), FakeQuantizer(2)
+
+    def forward(self, x):  # x: (B, C, H, W)
+        t = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        q, k, v = torch.nn.functional.linear(self.x_quantizer(t), self.qkv.weight, self.qkv.bias).chunk(3, -1)
+        scores = torch.einsum("bnc,bmc->bnm", self.a_quantizer(q) * 0.5, self.b_quantizer(k))
+        probs = self.p_quantizer(scores.softmax(-1))
+        return self.proj(probs @ self.c_quantizer(v).contiguous())
+
+
+def test_bits_come_from_the_quantizers_that_feed_each_product():
+    report = cost(Routed(), input_size=4, in_chans=8)  # 16 tokens of 8 channels
+    rows = {r.name: r for r in report.layers}
+    assert list(rows) == ["qkv", "qk", "av", "proj"]
+    n, c = 16, 8
+    assert (rows["qkv"].macs, rows["qkv"].w_bits, rows["qkv"].a_bits) == (n * c * 3 * c, 4.0, 6.0)
+    assert rows["qkv"].bops == rows["qkv"].macs * 4 * 6
+    assert (rows["qk"].macs, rows["qk"].a_bits, rows["qk"].a2_bits) == (n * n * c, 5.0, 7.0)
+    assert (rows["av"].macs, rows["av"].a_bits, rows["av"].a2_bits) == (n * n * c, 3.0, 2.0)
+    assert rows["av"].bops == n * n * c * 3 * 2
+    assert (rows["proj"].w_bits, rows["proj"].a_bits) == (32.0, 32.0)  # nothing quantizes it
+
+
+def test_products_without_softmax_and_repeated_attention_are_numbered():
+    class Linear(nn.Module):  # linear attention (EfficientViT's LiteMLA): no softmax
+        def forward(self, x):
+            t = x.flatten(2)  # (B, C, N)
+            kv = t @ t.transpose(1, 2)  # (B, C, C)
+            return kv @ t
+
+    class TwoHeads(nn.Module):  # cascaded heads: one attention after the other in one call
+        def forward(self, x):
+            t = x.flatten(2).transpose(1, 2)
+            for _ in range(2):
+                t = (t @ t.transpose(1, 2)).softmax(-1) @ t
+            return t
+
+    names = [r.name for r in cost(nn.Sequential(Linear()), input_size=2, in_chans=3).layers]
+    assert names == ["0.mm", "0.mm1"]
+    names = [r.name for r in cost(nn.Sequential(TwoHeads()), input_size=2, in_chans=3).layers]
+    assert names == ["0.qk", "0.av", "0.qk1", "0.av1"]
+
+
+def test_fused_attention_is_its_two_products():
+    class Fused(nn.Module):
+        def forward(self, x):
+            t = x.flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, C)
+            return torch.nn.functional.scaled_dot_product_attention(t, t, t[..., :2])
+
+    rows = {r.name: r.macs for r in cost(nn.Sequential(Fused()), input_size=3, in_chans=4).layers}
+    assert rows == {"0.qk": 9 * 9 * 4, "0.av": 9 * 9 * 2}
 
 
 def test_probe_passes_quantizers_through_and_restores_state():

@@ -11,7 +11,7 @@ from vitcompress.config import QuantSpec, Recipe, get_preset
 from vitcompress.errors import ConfigError, UnsupportedModelError
 from vitcompress.models import load_model
 from vitcompress.models.zoo import ZOO, build_zoo_model
-from vitcompress.nn.convert import prepare, quantization_points, set_quantizers
+from vitcompress.nn.convert import float_modules, prepare, quantization_points, set_quantizers
 from vitcompress.quantize import quantize_
 from vitcompress.report.analysis import sqnr_db
 
@@ -80,12 +80,42 @@ def test_point_names_cover_every_quantized_op():
         assert expected in names
 
 
-def test_unknown_layers_error_or_float():
-    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
-    with pytest.raises(UnsupportedModelError, match=r"1 \(BatchNorm1d\)"):
+class _WeightMatmul(nn.Module):
+    """Multiplies by its own parameter with ``@``: nothing quantizes that weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x):
+        return x @ self.w
+
+
+def test_unknown_layers_error_names_every_module_nothing_quantizes():
+    conv1d = [nn.Unflatten(1, (1, 4)), nn.Conv1d(1, 1, 3, padding=1), nn.Flatten()]
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), *conv1d, _WeightMatmul()).eval()
+    x = torch.randn(2, 4)
+    expected = r"3 \(Conv1d: no quantized version of Conv1d\); 5 \(_WeightMatmul: matmul0 multiplies parameter 5.w"
+    with pytest.raises(UnsupportedModelError, match=expected):
+        prepare(copy.deepcopy(model), Recipe(), example_input=x)
+    prepare(model, Recipe(unknown_layers="float"), example_input=x)
+    assert [(f.name, f.type) for f in float_modules(model)] == [("3", "Conv1d"), ("5", "_WeightMatmul")]
+    assert isinstance(model[1], nn.BatchNorm1d)  # a norm carries no multiply-accumulates: not listed
+
+
+def test_a_forward_that_fails_on_the_declared_input_names_the_input_size():
+    model = nn.Sequential(nn.Linear(4, 4))
+    with pytest.raises(UnsupportedModelError, match=r"does not say which image size it takes.*example_input"):
         prepare(model, Recipe())
-    prepare(model, Recipe(unknown_layers="float"))
-    assert isinstance(model[1], nn.BatchNorm1d)
+    model.pretrained_cfg = {"input_size": (3, 8, 8)}
+    with pytest.raises(UnsupportedModelError, match=r"input shape \(1, 3, 8, 8\).*--input-size"):
+        prepare(model, Recipe())
+
+
+def test_weights_at_32_bit_are_listed_as_float():
+    model = build_zoo_model("vit-fmnist")
+    prepare(model, get_preset("w8a8").with_overrides(("head.weight", {"bits": 32})))
+    assert [(f.name, f.type) for f in float_modules(model)] == [("head", "Linear")]
 
 
 def test_override_matching_nothing_is_an_error():

@@ -1,6 +1,8 @@
-"""Reading bit widths and storage from the quantizers a module carries (duck-typed contract).
+"""Reading bit widths and storage from quantizers (duck-typed contract).
 
-A quantized module exposes its quantizers as attributes: ``weight_quantizer`` and
+Activation bits of a product are those of the quantizer whose output reaches it in the probing
+forward (:mod:`vitcompress.cost.probe`). Weight bits, storage and, for a module that carries
+quantizers without calling them, activation bits are read from attributes: ``weight_quantizer`` and
 ``input_quantizer`` on linears and convs; ``q_quantizer``, ``k_quantizer``, ``probs_quantizer`` and
 ``v_quantizer`` on attention modules. The cost model only relies on this interface of a quantizer
 ``qz`` (so it does not import :mod:`vitcompress.quant` and works with any implementation):
@@ -72,10 +74,21 @@ def weight_storage_bits(module: nn.Module, name: str) -> int:
     return int(round(float(weight_channel_bits(module, name).sum()) * per_channel))
 
 
+def is_quantizer(value: Any) -> bool:
+    """A quantizer by the contract above (whatever attribute or container holds it)."""
+    return all(callable(getattr(value, m, None)) for m in ("bits_per_channel", "qparam_count")) and hasattr(
+        value, "spec"
+    )
+
+
 def quantizer_handles(model: nn.Module) -> Iterator[Any]:
-    """Every distinct quantizer object attached to a module of ``model`` (an ``*_quantizer`` attribute)."""
+    """Every distinct quantizer object of ``model``: an ``*_quantizer`` attribute of a module, or a
+    submodule that fulfils the contract (held in a container, as generic attention points may be)."""
     seen: set[int] = set()
     for module in model.modules():
+        if is_quantizer(module) and id(module) not in seen:
+            seen.add(id(module))
+            yield module
         # quantizers are submodules when they are nn.Modules, plain attributes otherwise
         for attr, value in (*module._modules.items(), *vars(module).items()):
             if attr.endswith(QUANTIZER_SUFFIX) and value is not None and id(value) not in seen:

@@ -1,9 +1,12 @@
-"""The shape-probing forward pass: which ops run, on which shapes, how many MACs each call costs.
+"""The probing forward pass: one zero image through the model, every product it runs recorded.
 
-One forward of a zero image (batch 1) under ``torch.no_grad()`` with hooks on every ``nn.Linear``,
-``nn.Conv2d`` (subclasses included: the quantized layers subclass them) and attention module. MACs
-come from the shapes actually seen, so padding, windows clamped to the feature map, CLS /
-distillation tokens and modules called several times per forward are all counted as they run.
+The pass runs under :class:`~vitcompress.cost.trace.OpTracer` (every ATen op, so ``nn.Linear``,
+``F.linear`` on a module's weight, ``@``, ``bmm``, ``einsum``, fused ``scaled_dot_product_attention``
+and convolutions are all seen as they run), with a hook on every module to know which one runs each
+product, and with every quantizer passed through: it returns its input unchanged (no calibration is
+needed) but marks it with its bit width, so that the bits feeding each product are the ones of the
+quantizer that actually reaches it. The quantizers stay enabled, so a quantized module takes the
+path it takes when quantizing (explicit attention matmuls instead of fused attention).
 """
 
 from __future__ import annotations
@@ -14,163 +17,120 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from timm.layers import Attention
-from timm.models.swin_transformer import WindowAttention
 from torch import nn
 
-from vitcompress.cost.bits import quantizer_handles
-from vitcompress.errors import ConfigError, UnsupportedModelError
+from vitcompress.cost.bits import act_bits, quantizer_handles, quantizer_module_ids
+from vitcompress.cost.trace import OpEvent, OpTracer
+from vitcompress.models.inputs import runs_on
 
 log = logging.getLogger(__name__)
 
-# timm's ViT/DeiT ``Block`` uses ``timm.layers.Attention``; Swin blocks use ``WindowAttention``.
-# Both (and subclasses, e.g. the quantized replacements) take x of shape (B_, N, C).
-SUPPORTED_ATTENTION = (Attention, WindowAttention)
-
 
 @dataclass
-class OpShape:
-    """What the probe saw of one module, accumulated over its calls.
+class Probe:
+    """What one probing forward saw.
 
     Attributes:
-        kind: ``"linear"``, ``"conv"`` or ``"attention"``.
-        macs_per_channel: linear/conv MACs per output channel (all output channels do the same work).
-        matmul_macs: attention: MACs of each of q·kᵀ and attn·v (they are equal).
-        calls: number of calls seen.
+        events: the products, in the order they ran.
+        params: the model's parameters by id.
+        owners: parameter id -> every (module path, attribute) holding it (a weight shared by two
+            modules, e.g. MixA-Q's two branches, has two owners).
     """
 
-    kind: str
-    macs_per_channel: int = 0
-    matmul_macs: int = 0
-    calls: int = 0
+    events: list[OpEvent]
+    params: dict[int, torch.Tensor]
+    owners: dict[int, list[tuple[str, str]]]
 
 
-def resolve_input(model: nn.Module, input_size: int | None, in_chans: int | None) -> tuple[int, int]:
-    """The (square size, channels) to probe with: the model's own unless overridden.
+def probe(model: nn.Module, shape: tuple[int, int, int]) -> Probe:
+    """Run one zero image of ``shape`` (C, H, W; batch 1) through ``model`` and record its products.
 
-    timm ViT and Swin fix their input size at construction (position embeddings, attention masks);
-    a different ``input_size`` is accepted only when the model was built with ``dynamic_img_size=True``.
+    The model's train/eval flags, its quantizers and the grad mode are left as found.
+
+    Raises:
+        ConfigError: the model does not run on that shape (the message names ``--input-size``).
     """
-    native = _native_size(model)
-    if input_size is None:
-        if native is None:
-            raise ConfigError("input_size: the model has no patch_embed.img_size to read it from; pass input_size")
-        input_size = native
-    elif not isinstance(input_size, int) or input_size <= 0:
-        raise ConfigError(f"input_size: must be a positive integer, got {input_size!r}")
-    elif native is not None and input_size != native and not getattr(model, "dynamic_img_size", False):
-        raise ConfigError(
-            f"input_size: the model is built for {native}x{native} and cannot run {input_size}x"
-            f"{input_size}; build it with img_size={input_size} (or timm's dynamic_img_size=True)"
-        )
-    chans = _native_chans(model)
-    if in_chans is None:
-        if chans is None:
-            raise ConfigError("in_chans: the model has no Conv2d to read the input channels from; pass in_chans")
-        in_chans = chans
-    elif chans is not None and in_chans != chans:
-        raise ConfigError(f"in_chans: the model's first conv takes {chans} channels, got {in_chans}")
-    return input_size, in_chans
+    owners: dict[int, list[tuple[str, str]]] = {}
+    params: dict[int, torch.Tensor] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        for attr, p in module._parameters.items():
+            if p is not None:
+                params[id(p)] = p
+                owners.setdefault(id(p), []).append((path, attr))
+    tracer = OpTracer(params)
+    p0 = next(iter(params.values()), None)
+    device = p0.device if p0 is not None else torch.device("cpu")
+    dtype = p0.dtype if p0 is not None and p0.is_floating_point() else torch.float32
+    x = torch.zeros(1, *shape, device=device, dtype=dtype)
+    tracer.mark_input(x)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.no_grad())
+        stack.enter_context(_eval_mode(model))
+        stack.enter_context(_module_frames(model, tracer))
+        stack.enter_context(_traced_quantizers(model, tracer))
+        stack.enter_context(tracer)
+        with runs_on(model, shape):
+            model(x)
+    log.debug("cost probe %s: %d products", shape, len(tracer.events))
+    return Probe(tracer.events, params, owners)
 
 
-def _native_size(model: nn.Module) -> int | None:
-    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if img_size is None:
-        return None
-    h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    if h != w:
-        raise UnsupportedModelError(f"patch_embed.img_size {h}x{w} is not square; the cost model counts square inputs")
-    return int(h)
-
-
-def _native_chans(model: nn.Module) -> int | None:
-    conv = getattr(getattr(model, "patch_embed", None), "proj", None)
-    if not isinstance(conv, nn.Conv2d):
-        conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return conv.in_channels if conv is not None else getattr(model, "in_chans", None)
-
-
-def probe(model: nn.Module, input_size: int, in_chans: int) -> dict[str, OpShape]:
-    """Run one zero image through ``model`` and return the ops seen, by module path, in first-call order.
-
-    The model's train/eval flags, the quantizers' ``enabled`` flags and the grad mode are restored.
-    """
-    _check_attention_types(model)
-    seen: dict[str, OpShape] = {}
+@contextlib.contextmanager
+def _module_frames(model: nn.Module, tracer: OpTracer) -> Iterator[None]:
+    """Tell the tracer which module runs (quantizers excluded: they compute no products)."""
+    skip = quantizer_module_ids(model)
     hooks = []
     try:
-        for name, module in model.named_modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                hooks.append(module.register_forward_hook(_weight_hook(seen, name)))
-            elif isinstance(module, SUPPORTED_ATTENTION):
-                # a pre-hook: the attention input (B_, N, C) is all that is needed
-                hooks.append(module.register_forward_pre_hook(_attention_hook(seen, name), with_kwargs=True))
-        param = next(iter(model.parameters()), None)
-        device = param.device if param is not None else torch.device("cpu")
-        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-        x = torch.zeros(1, in_chans, input_size, input_size, device=device, dtype=dtype)
-        with torch.no_grad(), _eval_mode(model), _quantizers_off(model):
-            model(x)
+        for path, module in model.named_modules():
+            if id(module) in skip:
+                continue
+            hooks.append(module.register_forward_pre_hook(lambda m, a, p=path: tracer.enter(p)))
+            hooks.append(module.register_forward_hook(lambda m, a, o: tracer.leave(), always_call=True))
+        yield
     finally:
         for h in hooks:
             h.remove()
-    log.debug("cost probe %dx%d: %d ops seen", input_size, input_size, len(seen))
-    return seen
 
 
-def _weight_hook(seen: dict[str, OpShape], name: str):
-    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:  # must return None
-        if isinstance(module, nn.Conv2d):
-            # every output position of a channel costs C_in/groups·k_h·k_w MACs
-            positions = output.numel() // module.out_channels
-            per_channel = positions * module.weight[0].numel()
-            kind = "conv"
-        else:
-            x = inputs[0]
-            per_channel = (x.numel() // x.shape[-1]) * module.in_features  # tokens × in
-            kind = "linear"
-        op = seen.setdefault(name, OpShape(kind))
-        op.macs_per_channel += per_channel
-        op.calls += 1
+def _traced_forward(qz: nn.Module, tracer: OpTracer):
+    bits = act_bits(qz) if getattr(qz, "enabled", False) else None
 
-    return hook
+    def forward(x, *args, **kwargs):
+        if not isinstance(x, torch.Tensor):
+            return x
+        y = x.view_as(x)  # a new tensor object: only what consumes the quantizer's output gets its bits
+        if bits is not None:
+            tracer.tag_bits(y, bits)
+        return y
+
+    return forward
 
 
-def _attention_hook(seen: dict[str, OpShape], name: str):
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:  # must return None
-        x = args[0] if args else kwargs["x"]
-        b_, n, _ = x.shape  # (batch · windows, tokens per attention call, C)
-        heads, head_dim = attention_geometry(module)
-        op = seen.setdefault(name, OpShape("attention"))
-        op.matmul_macs += b_ * heads * n * n * head_dim
-        op.calls += 1
+@contextlib.contextmanager
+def _traced_quantizers(model: nn.Module, tracer: OpTracer) -> Iterator[None]:
+    """Every quantizer passes its input through, marked with its bits; restored afterwards.
 
-    return hook
-
-
-def attention_geometry(module: nn.Module) -> tuple[int, int]:
-    """(heads, head_dim) of a timm attention module (Swin's WindowAttention stores no head_dim)."""
-    heads = int(module.num_heads)
-    head_dim = getattr(module, "head_dim", None)
-    if head_dim is None:
-        head_dim = module.qkv.out_features // 3 // heads
-    return heads, int(head_dim)
-
-
-def _check_attention_types(model: nn.Module) -> None:
-    """Refuse attention modules whose matmuls the hooks would miss (rather than under-count)."""
-    for name, module in model.named_modules():
-        if isinstance(module, SUPPORTED_ATTENTION):
-            continue
-        unknown = isinstance(module, nn.MultiheadAttention) or (
-            "attention" in type(module).__name__.lower()
-            and not any(isinstance(m, SUPPORTED_ATTENTION) for m in module.modules())
-        )
-        if unknown and any(True for _ in module.parameters()):
-            raise UnsupportedModelError(
-                f"{name}: the cost model cannot count the matmuls of {type(module).__name__}; "
-                f"supported attention: {', '.join(c.__name__ for c in SUPPORTED_ATTENTION)} and subclasses"
-            )
+    A quantizer that is not an ``nn.Module`` (the duck-typed contract of :mod:`vitcompress.cost.bits`)
+    cannot be patched: it is disabled for the pass (its bits are then read from its module)."""
+    patched: list[tuple[nn.Module, object]] = []
+    disabled: list[tuple[object, bool]] = []
+    try:
+        for qz in quantizer_handles(model):
+            if isinstance(qz, nn.Module):
+                patched.append((qz, qz.__dict__.get("forward")))
+                qz.forward = _traced_forward(qz, tracer)
+            elif hasattr(qz, "enabled"):
+                disabled.append((qz, qz.enabled))
+                qz.enabled = False
+        yield
+    finally:
+        for qz, own in patched:
+            if own is None:
+                del qz.forward
+            else:
+                qz.forward = own
+        for qz, flag in disabled:
+            qz.enabled = flag
 
 
 @contextlib.contextmanager
@@ -183,16 +143,3 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for m, flag in flags:
             m.training = flag
-
-
-@contextlib.contextmanager
-def _quantizers_off(model: nn.Module) -> Iterator[None]:
-    """Pass every quantizer through: shapes need no calibration, and an uncalibrated one may raise."""
-    flags = [(qz, qz.enabled) for qz in quantizer_handles(model) if hasattr(qz, "enabled")]
-    for qz, _ in flags:
-        qz.enabled = False
-    try:
-        yield
-    finally:
-        for qz, flag in flags:
-            qz.enabled = flag

@@ -41,7 +41,7 @@ class LayerCost:
 
 @dataclass(frozen=True)
 class CostReport:
-    """Per-op costs and totals of a model for one image of ``input_size`` × ``input_size`` pixels.
+    """Per-op costs and totals of a model for one image of ``input_shape`` (channels, height, width).
 
     Attributes:
         layers: the ops in forward order (attention matmuls right after their ``qkv``); linear and
@@ -53,7 +53,8 @@ class CostReport:
         rel_bops: ``bops / bops_fp32`` (1.0 for a float model).
         size_bytes: model size at the quantizers' bits, rounded up to whole bytes.
         fp_size_bytes: the same model with every parameter and persistent buffer at 32 bits.
-        input_size: the square input size counted.
+        input_size: the input height counted (the side of a square input).
+        input_shape: (channels, height, width) of the image counted.
     """
 
     layers: tuple[LayerCost, ...]
@@ -64,9 +65,11 @@ class CostReport:
     size_bytes: int
     fp_size_bytes: int
     input_size: int
+    input_shape: tuple[int, int, int] = (0, 0, 0)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the layers as a list of dicts)."""
         d = asdict(self)
         d["layers"] = list(d["layers"])
+        d["input_shape"] = list(self.input_shape)
         return d

@@ -38,7 +38,7 @@ def format_table(report: CostReport) -> str:
     matmul = sum(r.macs for r in report.layers if r.kind == "matmul")
     lines += [
         "",
-        f"input {report.input_size}x{report.input_size}, per image: MACs {report.macs:,} "
+        f"input {report.input_shape[1]}x{report.input_shape[2]}, per image: MACs {report.macs:,} "
         f"({report.macs / 1e9:.4f} G; attention matmuls {matmul:,})",
         f"BOPs {report.bops:,} of {report.bops_fp32:,} at 32 bit: relative BOPs {report.rel_bops:.4f}",
         f"size {report.size_bytes:,} bytes (all 32 bit: {report.fp_size_bytes:,} bytes, "

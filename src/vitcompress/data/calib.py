@@ -81,6 +81,18 @@ def first_images(calib: CalibData, n: int, batch_size: int = 64, what: str = "n_
     return torch.cat(first_batches(calib, n, batch_size, what))
 
 
+def example_image(calib: CalibData | None) -> torch.Tensor | None:
+    """The first image of ``calib`` as a (1, C, H, W) batch, or None when there is no data or ``calib`` is a
+    one-shot iterator (reading it would lose the image for calibration)."""
+    if calib is None or isinstance(calib, Iterator):
+        return None
+    if isinstance(calib, Dataset):
+        item = calib[0]
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        return x.unsqueeze(0) if isinstance(x, torch.Tensor) and x.dim() == 3 else None
+    return first_images(calib, 1)
+
+
 def cache_batches(calib: CalibData, batch_size: int = 64) -> list[torch.Tensor]:
     """All calibration batches as a list (small calibration sets are reused by searches)."""
     return first_batches(calib, None, batch_size)

@@ -33,6 +33,7 @@ from torch import nn
 
 from vitcompress.data.datasets import FMNIST_MEAN, FMNIST_STD, InputSpec, fit_to_model, random_crop_flip
 from vitcompress.errors import ConfigError, UnsupportedModelError
+from vitcompress.models.inputs import declared_channels, declared_size
 from vitcompress.validate import number, one_of, positive, positive_int
 
 log = logging.getLogger(__name__)
@@ -244,16 +245,12 @@ def is_zoo_model(model: nn.Module) -> bool:
 
 
 def model_input(model: nn.Module) -> tuple[int, int, int] | None:
-    """(channels, height, width) the model takes: a timm patch embedding, or a Hugging Face config."""
-    pe = getattr(model, "patch_embed", None)
-    if pe is not None and hasattr(pe, "img_size") and hasattr(pe, "proj"):
-        size = pe.img_size if isinstance(pe.img_size, (tuple, list)) else (pe.img_size, pe.img_size)
-        return int(pe.proj.in_channels), int(size[0]), int(size[1])
-    cfg = getattr(model, "config", None)
-    size, chans = getattr(cfg, "image_size", None), getattr(cfg, "num_channels", None)
-    if isinstance(size, int) and isinstance(chans, int):
-        return chans, size, size
-    return None
+    """(channels, height, width) the model takes, as :mod:`vitcompress.models.inputs` reads it (a timm patch
+    embedding, ``img_size``, a Hugging Face config, timm's ``pretrained_cfg``); None when it says nothing."""
+    declared, chans = declared_size(model), declared_channels(model)
+    if declared is None or chans is None:
+        return None
+    return chans, *declared[0]
 
 
 def fit_channels(name: str, values: Any, channels: int, average: bool = False) -> tuple[float, ...]:

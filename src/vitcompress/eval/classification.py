@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from vitcompress.data.datasets import check_labels, make_loader
 from vitcompress.errors import DataError
+from vitcompress.models.inputs import declared_channels, declared_size
 from vitcompress.validate import positive_int
 
 log = logging.getLogger(__name__)
@@ -35,18 +36,20 @@ class Metrics:
 
 
 def check_input(model: nn.Module, x: torch.Tensor) -> None:
-    """Raise a DataError naming expected vs got when a batch does not fit the model's patch embedding."""
-    pe = getattr(model, "patch_embed", None)
-    if pe is None or not hasattr(pe, "img_size"):
+    """Raise a DataError naming expected vs got when a batch does not fit the model: 4-D, the first
+    convolution's channels, and the image size when the model is built for one size only."""
+    chans = declared_channels(model)
+    declared = declared_size(model)
+    if chans is None and declared is None:  # a model that says nothing about its input: nothing to check
         return
-    expected_c = pe.proj.in_channels
-    expected_hw = tuple(pe.img_size) if isinstance(pe.img_size, (tuple, list)) else (pe.img_size,) * 2
     got = tuple(x.shape[1:])
-    if x.dim() != 4 or got[0] != expected_c or (getattr(pe, "strict_img_size", True) and got[1:] != expected_hw):
-        raise DataError(
-            f"input does not fit the model: expected (N, {expected_c}, {expected_hw[0]}, "
-            f"{expected_hw[1]}), got {tuple(x.shape)}"
-        )
+    fixed = (
+        declared is not None and declared[2] and getattr(getattr(model, "patch_embed", None), "strict_img_size", True)
+    )
+    wrong_size = fixed and got[1:] != declared[0]
+    if x.dim() != 4 or (chans is not None and got[0] != chans) or wrong_size:
+        h, w = declared[0] if declared is not None else ("H", "W")
+        raise DataError(f"input does not fit the model: expected (N, {chans or 'C'}, {h}, {w}), got {tuple(x.shape)}")
 
 
 def _check_batch(model: nn.Module, x: torch.Tensor, i: int, first: int) -> None:

@@ -226,6 +226,7 @@ def benchmark_deploy(
     policy: str = "promote",
     work_dir: str | Path | None = None,
     runtime: str = "all",
+    input_size: int | tuple[int, ...] | None = None,
 ) -> dict:
     """Export a quantized ``model`` as FP32 and INT8 ONNX, time every engine, compare with BOPs.
 
@@ -238,6 +239,7 @@ def benchmark_deploy(
         policy: export policy for points without an 8-bit ONNX equivalent.
         work_dir: where the ONNX files go (default: a temporary folder, removed afterwards).
         runtime: ``ort``, ``openvino`` or ``all`` (every installed runtime).
+        input_size: image size (one value or height, width) for a model that does not say its own.
 
     Returns:
         A JSON-ready dict: ``timings`` (list of :class:`Timing` dicts), the tables of
@@ -249,28 +251,29 @@ def benchmark_deploy(
         and the settings.
     """
     from vitcompress.cost import cost
-    from vitcompress.export.onnx_export import _input_shape, export_onnx
+    from vitcompress.export.onnx_export import export_onnx, input_shape, logits_of
 
     runtimes = resolve_runtimes(runtime)
+    shape = input_shape(model, 1, input_size)[1:]  # no input size known: fail before exporting
     with contextlib.ExitStack() as stack:
         folder = Path(work_dir) if work_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         stack.enter_context(torch_threads(threads))
         paths = {"fp32": folder / "model-fp32.onnx", "int8": folder / "model-int8.onnx"}
-        export_onnx(model, paths["fp32"], precision="fp32")
-        int8 = export_onnx(model, paths["int8"], precision="int8", policy=policy)
+        export_onnx(model, paths["fp32"], precision="fp32", input_size=input_size)
+        int8 = export_onnx(model, paths["int8"], precision="int8", policy=policy, input_size=input_size)
         engines = _engines(model, runtimes, paths, threads, opt_level)
         timings: list[Timing] = []
         agreement: dict[str, dict] = {}
         gen = torch.Generator().manual_seed(0)
         for b in batches:
-            x = torch.randn(_input_shape(model, b), generator=gen)
+            x = torch.randn(b, *shape, generator=gen)
             timings += time_engines(engines, x, warmup, repeats, rounds)
             with torch.no_grad():
-                ref = model(x)
+                ref = logits_of(model(x))
                 for rt in runtimes:
                     agreement.setdefault(rt, {})[f"b{b}"] = _agreement(ref, engines[f"{rt}-int8"](x))
         graphs = _graphs(runtimes, paths, threads, opt_level)
-    c = cost(model)
+    c = cost(model, input_size=input_size)
     return {
         "model": type(model).__name__,
         "runtimes": list(runtimes),
@@ -287,7 +290,11 @@ def benchmark_deploy(
         "macs": c.macs,
         **graphs,
         "agreement": agreement,
-        "export": {"points": len(int8.points), "changed": [p.to_dict() for p in int8.changed_points]},
+        "export": {
+            "points": len(int8.points),
+            "changed": [p.to_dict() for p in int8.changed_points],
+            "float_modules": [dict(m) for m in int8.float_modules],
+        },
     }
 
 
@@ -321,6 +328,10 @@ def format_bench(result: dict) -> str:
             f"OpenVINO INT8 runtime model: {n['integer']} integer matmul/conv nodes, {n['float_compute']} float "
             f"{n['float_compute_ops']}"
         )
+    floats = result.get("export", {}).get("float_modules", [])
+    if floats:
+        names = ", ".join(m["name"] or "<model>" for m in floats[:4]) + (" …" if len(floats) > 4 else "")
+        lines.append(f"{len(floats)} modules exported in float: {names}")
     for runtime, by_batch in result["agreement"].items():
         for b, a in by_batch.items():
             lines.append(

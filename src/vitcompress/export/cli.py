@@ -3,7 +3,8 @@
 ``--model`` is a folder written by ``vitcompress compress`` (or ``vitcompress.save``), which is
 restored quantized, or a model name (zoo name or ``timm:<name>``), which is loaded float and, with
 ``--recipe``, quantized on ``--calib-size`` training images (fitted to the model's input size).
-``bench`` needs a quantized model, so a name without ``--recipe`` uses ``w8a8``.
+``bench`` needs a quantized model, so a name without ``--recipe`` uses ``w8a8``. ``--input-size``
+(the images' option) also sets the exported and timed input of a model that does not say its own size.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ def run_export(
         opset=opts.opset,
         policy=opts.policy,
         layout=Layout.for_runtime(opts.runtime),
+        input_size=images.input_size if images is not None else None,
     )
     if opts.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -151,8 +153,11 @@ def run_export(
     d = report.to_dict()
     print(
         f"{opts.out}: {report.precision}, opset {report.opset}, input {list(report.input_shape)} (batch dynamic), "
-        f"{d['integer_points']} integer / {d['float_points']} float quantization points, {report.seconds:.1f} s"
+        f"{d['integer_points']} integer / {d['float_points']} float quantization points, "
+        f"{len(report.float_modules)} float modules, {report.seconds:.1f} s"
     )
+    for m in report.float_modules:
+        print(f"  float: {m['name'] or '<model>'} ({m['type']}): {m['why']}")
     by_note: dict[str, list[str]] = {}
     for p in report.points:
         if p.note:
@@ -183,6 +188,7 @@ def run_bench(
         policy=opts.policy,
         work_dir=opts.keep_onnx,
         runtime=opts.runtime,
+        input_size=images.input_size if images is not None else None,
     )
     result["model"] = source.model
     print(json.dumps(result, indent=2) if opts.json else format_bench(result))

@@ -41,8 +41,10 @@ from torch import nn
 from vitcompress.errors import ConfigError, StateError, UnsupportedModelError
 from vitcompress.export.qdq import QDQ, DequantizeWeight, QDQMove
 from vitcompress.nn.attention import QuantAttention, QuantWindowAttention
+from vitcompress.nn.generic import GenericQuantOps
 from vitcompress.nn.linear import QuantConv2d, QuantLayerNorm, QuantLinear
 from vitcompress.quant import Quantizer
+from vitcompress.quant.logsqrt2 import LogSqrt2Quantizer
 from vitcompress.quant.quantizer import Log2Quantizer, PTFQuantizer, UniformQuantizer
 
 log = logging.getLogger(__name__)
@@ -130,10 +132,38 @@ def _unsupported(qz: Quantizer, why: str, policy: str, points: _Points) -> bool:
     return True
 
 
+class TokensApart(nn.Module):
+    """Leading tokens on scales of their own (``prefix_tokens``): a per-token QDQ (axis 1) on the first
+    ``p`` tokens of a (B, N, C) input, the shared QDQ on the others; other inputs: the shared QDQ."""
+
+    def __init__(self, lead: nn.Module, rest: nn.Module, p: int):
+        super().__init__()
+        self.lead, self.rest, self.p = lead, rest, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3:
+            return self.rest(x)
+        return torch.cat([self.lead(x[:, : self.p]), self.rest(x[:, self.p :])], dim=1)  # (B, N, C)
+
+
 def activation_qdq(
     qz: Quantizer, policy: str, points: _Points, axis_map: int | None = None, factor: float = 1.0
 ) -> nn.Module:
-    """The export module of an activation quantizer: a :class:`QDQ`, or ``nn.Identity`` (float).
+    """The export module of an activation quantizer: a :class:`QDQ` (:class:`TokensApart` when leading
+    tokens have scales of their own), or ``nn.Identity`` (float); arguments as :func:`shared_qdq`."""
+    out = shared_qdq(qz, policy, points, axis_map, factor)
+    p = getattr(qz, "prefix_count", 0)
+    if not p or isinstance(out, nn.Identity):
+        return out
+    signed = isinstance(qz, UniformQuantizer) and qz.symmetric  # PTF grids are unsigned
+    lead = _uniform_qdq(qz, qz.token_scale[:p], qz.token_zero[:p], signed, 1, qz.spec.bits, policy, _Points(), "")
+    return TokensApart(lead, out, p)
+
+
+def shared_qdq(
+    qz: Quantizer, policy: str, points: _Points, axis_map: int | None = None, factor: float = 1.0
+) -> nn.Module:
+    """The export module of an activation quantizer's shared scale: a :class:`QDQ`, or ``nn.Identity``.
 
     Args:
         qz: the calibrated quantizer.
@@ -149,11 +179,12 @@ def activation_qdq(
     if spec.bits > 8:
         points.add(qz, "float", f"{spec.bits}-bit activations have no integer kernel: kept float", exact=False)
         return nn.Identity()
-    if isinstance(qz, Log2Quantizer):
-        if not _unsupported(qz, "log2 probabilities", policy, points):
+    if isinstance(qz, (Log2Quantizer, LogSqrt2Quantizer)):
+        if not _unsupported(qz, f"{spec.scheme} probabilities", policy, points):
             return nn.Identity()
-        points.add(qz, "uint8", "log2 promoted to uniform uint8 on [0, 1]", exact=False)
-        return QDQ(torch.tensor(1.0 / 255.0), torch.tensor(0.0), signed=False)
+        top = getattr(qz, "scale", torch.tensor(1.0)).detach().float()  # largest level: 1 (log2), s (log√2)
+        points.add(qz, "uint8", f"{spec.scheme} promoted to uniform uint8 on [0, {float(top):.4g}]", exact=False)
+        return QDQ(top / 255.0, torch.tensor(0.0), signed=False)
     if isinstance(qz, PTFQuantizer):
         scale = qz.scale * torch.exp2(qz.alpha.float())  # (C,): s·2^α_c, shared zero point
         zero = qz.zero_point.expand_as(scale)
@@ -271,6 +302,11 @@ class ExportLinear(nn.Module):
         y = y + self.bias
         return y.squeeze(1) if flat else y
 
+    def functional_forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``F.linear(x, weight, bias)`` as an attention module calls it on this layer's weight (BEiT's qkv)."""
+        y = self(x)
+        return y if bias is None else y + bias
+
 
 class ExportConv2d(nn.Module):
     """``conv(Q(x), DQ(W)) (+ d ⊗ window sums of x) + b`` (the patch embedding)."""
@@ -289,10 +325,14 @@ class ExportConv2d(nn.Module):
         self.register_buffer("ones", None if offset is None else torch.ones(1, *m.weight.shape[1:]))
         self.register_buffer("bias", None if m.bias is None else m.bias.detach().clone())
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The de-quantized weight (Hugging Face's patch embedding reads ``projection.weight.dtype``)."""
+        return self.w_float if self.weight_dq is None else self.weight_dq()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_qdq(x)
-        w = self.w_float if self.weight_dq is None else self.weight_dq()
-        y = F.conv2d(x, w, self.bias, **self.conv_args)
+        y = F.conv2d(x, self.weight, self.bias, **self.conv_args)
         if self.offset is not None:
             y = y + F.conv2d(x, self.ones, None, **self.conv_args) * self.offset  # (B, 1, H', W') window sums
         return y
@@ -517,9 +557,29 @@ _EXPORTERS = {
 }
 
 
+def export_generic(m: GenericQuantOps, policy: str, points: _Points, weights: dict[str, torch.Tensor]) -> None:
+    """A generic quantized attention module (:mod:`vitcompress.nn.generic`) made exportable in place: each
+    op point becomes a QDQ pair (or ``nn.Identity``) and the explicit matmuls always run; the linears it
+    calls through ``F.linear`` (already :class:`ExportLinear`) keep a ``weight`` attribute by which
+    the call is recognised (the graph never reads it)."""
+    for op in m.op_points:
+        holder = getattr(m, op)
+        for attr, qz in list(holder.named_children()):
+            kt = op.startswith("sdpa") and attr == "k_quantizer"  # quantized after its transpose (generic._sdpa)
+            setattr(holder, attr, activation_qdq(qz, policy, points, axis_map=-2 if kt else None))
+    for path, weight in weights.items():
+        m.get_submodule(path).weight = weight
+    m.explicit = True
+
+
 def _replace(module: nn.Module, policy: str, points: _Points, layout: Layout) -> None:
     for name, child in list(module.named_children()):
+        generic = isinstance(child, GenericQuantOps)  # its linears' weights, before the children are replaced
+        weights = {p: child.get_submodule(p).weight.detach() for p in child.functional_linears} if generic else {}
         _replace(child, policy, points, layout)  # children first: attention wraps its converted qkv / proj
+        if generic:
+            export_generic(child, policy, points, weights)
+            continue
         exporter = _EXPORTERS.get(type(child))
         if exporter is not None:
             attention = exporter in (ExportAttention, ExportWindowAttention)

@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitcompress.errors import ConfigError, DataError, StateError
+from vitcompress.errors import ConfigError, DataError, StateError, UnsupportedModelError
 from vitcompress.export.convert import POLICIES, Layout, PointExport, to_export_model
 from vitcompress.io import atomic_path
+from vitcompress.models.inputs import check_runs
 from vitcompress.quant import Quantizer
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class ExportReport:
         input_shape: the traced input shape; the batch axis (0) is dynamic.
         points: one :class:`PointExport` per quantization point (empty for fp32).
         seconds: export time.
+        float_modules: int8: every module with weights or an activation matmul that no quantizer
+            covers (``{"name", "type", "why"}``), exported in float; empty for fp32.
     """
 
     path: str
@@ -52,6 +55,7 @@ class ExportReport:
     input_shape: tuple[int, ...]
     points: tuple[PointExport, ...] = field(default=())
     seconds: float = 0.0
+    float_modules: tuple[dict[str, str], ...] = field(default=())
 
     @property
     def changed_points(self) -> list[PointExport]:
@@ -68,6 +72,7 @@ class ExportReport:
             "points": [p.to_dict() for p in self.points],
             "integer_points": sum(p.exported_as != "float" for p in self.points),
             "float_points": sum(p.exported_as == "float" for p in self.points),
+            "float_modules": [dict(m) for m in self.float_modules],
         }
 
 
@@ -76,11 +81,19 @@ def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, Quantizer) and m.active for m in model.modules())
 
 
-def _input_shape(model: nn.Module, batch: int) -> tuple[int, ...]:
-    from vitcompress.models.registry import input_spec_of
+def input_shape(model: nn.Module, batch: int, input_size: int | tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """(batch, C, H, W) of the traced input: the model's own size, or ``input_size`` where it says none
+    (:func:`vitcompress.models.inputs.resolve_input_shape`; ConfigError naming ``--input-size`` otherwise)."""
+    from vitcompress.models.inputs import resolve_input_shape
 
-    spec = input_spec_of(model)
-    return (batch, spec.in_chans, spec.img_size, spec.img_size)
+    return (batch, *resolve_input_shape(model, input_size))
+
+
+def _float_modules(model: nn.Module) -> tuple[dict[str, str], ...]:
+    """The quantized model's modules left in float (``vitcompress.nn.convert.float_modules``)."""
+    from vitcompress.nn.convert import float_modules
+
+    return tuple({"name": m.name, "type": m.type, "why": m.why} for m in float_modules(model))
 
 
 def _float_copy(model: nn.Module) -> nn.Module:
@@ -118,11 +131,12 @@ def export_onnx(
     policy: str = "promote",
     batch: int = 2,
     layout: Layout | None = None,
+    input_size: int | tuple[int, ...] | None = None,
 ) -> ExportReport:
     """Export ``model`` to ONNX (atomically: a failed export leaves no file at ``path``).
 
     Args:
-        model: a timm ViT/DeiT/Swin, float or quantized by :func:`vitcompress.quantize.quantize_`.
+        model: an image model (timm, Hugging Face), float or quantized by :func:`vitcompress.quantize.quantize_`.
         path: the ``.onnx`` file to write; its folder must exist.
         precision: ``int8`` (QDQ graph; the model must be quantized), ``fp32`` (float graph; a
             quantized model is exported with its quantizers off) or ``auto`` (int8 if quantized).
@@ -132,12 +146,15 @@ def export_onnx(
         batch: batch size of the traced input; the exported batch axis is dynamic.
         layout: op placement of the INT8 graph (:class:`~vitcompress.export.convert.Layout`; default:
             every choice that was measured to help, ``docs/deploy.md``).
+        input_size: image size, one value (square) or (height, width), for a model that does not say
+            its own (no timm ``patch_embed``, ``pretrained_cfg`` or ``config.image_size``).
 
     Returns:
         An :class:`ExportReport`.
 
     Raises:
-        ConfigError: a bad ``precision``/``opset``/``policy``, or a point the policy refuses.
+        ConfigError: a bad ``precision``/``opset``/``policy``, a point the policy refuses, or no input
+            size known (pass ``input_size``).
         StateError: ``precision="int8"`` on a model that is not quantized.
         DataError: the output folder does not exist.
     """
@@ -150,15 +167,18 @@ def export_onnx(
             f"allowed for a float model: {['auto', 'fp32']}"
         )
     precision = precision if precision != "auto" else ("int8" if quantized else "fp32")
+    shape = input_shape(model, batch, input_size)  # fail before converting
     t0 = time.perf_counter()
     points: list[PointExport] = []
+    floats: tuple[dict[str, str], ...] = ()
     if precision == "int8":
+        floats = _float_modules(model)
         graph_model, points = to_export_model(model, policy, layout)
     else:
         graph_model = _float_copy(model)
-    shape = _input_shape(model, batch)
+    check_runs(graph_model, shape[1:])  # a size the model cannot run: one line naming --input-size
     _trace(graph_model.eval(), shape, path, opset)
-    report = ExportReport(str(path), precision, opset, shape, tuple(points), time.perf_counter() - t0)
+    report = ExportReport(str(path), precision, opset, shape, tuple(points), time.perf_counter() - t0, floats)
     changed = report.changed_points
     if changed:
         log.warning(
@@ -166,14 +186,49 @@ def export_onnx(
             len(changed),
             "; ".join(f"{p.name}: {p.note}" for p in changed[:6]) + (" …" if len(changed) > 6 else ""),
         )
+    if floats:
+        log.warning(
+            "%d modules exported in float (no quantizer covers them): %s",
+            len(floats),
+            "; ".join(f"{m['name']} ({m['type']}): {m['why']}" for m in floats[:6]) + (" …" if len(floats) > 6 else ""),
+        )
     log.info("exported %s %s model to %s in %.1f s", precision, type(model).__name__, path, report.seconds)
     return report
+
+
+def logits_of(out) -> torch.Tensor:
+    """The logits of a model's output: the tensor itself, a Hugging Face output's ``logits``, or the
+    first tensor of a tuple."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise UnsupportedModelError(f"the model returns {type(out).__name__}; export needs logits (a tensor)")
+
+
+class LogitsOnly(nn.Module):
+    """``model`` called on the image alone, returning its logits tensor only (Hugging Face models return an
+    output object)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.model(x))
 
 
 def _trace(model: nn.Module, shape: tuple[int, ...], path: Path, opset: int) -> None:
     import onnx
 
     x = torch.zeros(shape)
+    # traced through a forward that takes only the image: the tracer would turn a model's keyword defaults
+    # into graph inputs (EVA's ``is_causal`` becomes a tensor that SDPA refuses)
+    model = LogitsOnly(model)
+    model.training = model.model.training  # the exporter restores this mode recursively: keep the model's own
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings on shape arithmetic and the exporter's deprecation
         torch.onnx.export(

@@ -10,7 +10,7 @@ from torch import nn
 from vitcompress.config import Recipe, resolve_recipe
 from vitcompress.methods.registry import register
 from vitcompress.options import MethodCommand, option
-from vitcompress.quantize import quantize_
+from vitcompress.quantize import RECON_ATTR, quantize_
 from vitcompress.result import Result
 
 
@@ -18,10 +18,14 @@ from vitcompress.result import Result
 def ptq(
     model: nn.Module, recipe: Recipe, calib, *, train_data=None, eval_data=None, state_dir=None, resume: bool = False
 ) -> Result:
-    """Quantize ``model`` in place with ``recipe`` on ``calib`` (see :func:`~vitcompress.quantize.quantize_`)."""
+    """Quantize ``model`` in place with ``recipe`` on ``calib`` (see :func:`~vitcompress.quantize.quantize_`);
+    block reconstruction keeps its resumable state in ``state_dir``."""
     t0 = time.perf_counter()
-    quantize_(model, recipe, calib)
-    return Result(model, "ptq", recipe, metrics={"ptq_seconds": time.perf_counter() - t0})
+    quantize_(model, recipe, calib, state_dir=state_dir, resume=resume)
+    metrics = {"ptq_seconds": time.perf_counter() - t0}
+    if recipe.reconstruction is not None:
+        metrics["reconstruction"] = getattr(model, RECON_ATTR)
+    return Result(model, "ptq", recipe, metrics=metrics)
 
 
 @dataclass(frozen=True)

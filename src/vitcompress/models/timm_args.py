@@ -111,6 +111,20 @@ def check_model_args(arch: str, kwargs: Mapping[str, Any]) -> None:
             raise _unknown_key_error(arch, key, cls_name, names)
 
 
+def _sized(model: nn.Module, kwargs: Mapping[str, Any]) -> nn.Module:
+    """Keep ``pretrained_cfg["input_size"]`` true to a model built at another ``img_size`` / ``in_chans``: timm
+    leaves the size of the default config (224) there, which models without a patch embedding (LeViT,
+    MobileViT, EfficientViT) are read by (preprocessing, the op trace, the cost probe)."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if not isinstance(cfg, dict) or len(cfg.get("input_size", ())) != 3 or not {"img_size", "in_chans"} & set(kwargs):
+        return model
+    c, h, w = cfg["input_size"]
+    size = kwargs.get("img_size", (h, w))
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    model.pretrained_cfg = {**cfg, "input_size": (int(kwargs.get("in_chans", c)), int(h), int(w))}
+    return model
+
+
 def create_timm_model(arch: str, kwargs: Mapping[str, Any]) -> nn.Module:
     """``timm.create_model(arch, **kwargs)`` without download; any failure is one line naming the arguments."""
     import timm
@@ -120,7 +134,7 @@ def create_timm_model(arch: str, kwargs: Mapping[str, Any]) -> nn.Module:
     check_model_args(arch, kwargs)
     kwargs = {k: as_timm_value(v) for k, v in kwargs.items()}
     try:
-        return timm.create_model(arch, pretrained=False, **kwargs)
+        return _sized(timm.create_model(arch, pretrained=False, **kwargs), kwargs)
     except VitCompressError:
         raise
     except Exception as e:  # an argument the class passes on and something below refuses, or a bad value

@@ -15,6 +15,7 @@ from timm.models.swin_transformer import WindowAttention
 from torch import nn
 
 from vitcompress.config import QuantSpec
+from vitcompress.nn.ops import running
 from vitcompress.quant import make_quantizer
 
 ATTN_POINTS = ("q", "k", "v", "probs")
@@ -73,6 +74,10 @@ class QuantAttention(_AttnQuantMixin, Attention):
         return q
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
+        with running(self):  # an enclosing generic module's interception leaves these ops alone
+            return self._forward(x, attn_mask, is_causal)
+
+    def _forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
         if not self.attn_quant_active():
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         B, N, C = x.shape
@@ -101,6 +106,10 @@ class QuantWindowAttention(_AttnQuantMixin, WindowAttention):
         return q
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        with running(self):
+            return self._forward(x, mask)
+
+    def _forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if not self.attn_quant_active():
             return super().forward(x, mask=mask)
         B_, N, C = x.shape  # B_ = batch * windows, N = window area

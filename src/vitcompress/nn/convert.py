@@ -1,9 +1,12 @@
-"""Replacing a timm model's layers with quantized ones, driven by a Recipe.
+"""Replacing a model's layers with quantized ones, driven by a Recipe.
 
-A registry maps each known float module type to a converter, so supporting a new layer type adds
-an entry here rather than a branch in ``quantize_``. Quantization points are named
-``<module path>.<point>``: ``blocks.3.attn.qkv.weight``, ``blocks.3.attn.qkv.input``,
-``blocks.3.attn.q`` / ``.k`` / ``.v`` / ``.probs``, ``blocks.3.norm1.input``.
+A registry maps each known float module type to a converter (linear, conv, LayerNorm, timm's
+``Attention`` and Swin's ``WindowAttention``); any other module whose code runs attention ops or calls
+a child linear through ``F.linear`` becomes generic quantized attention (:mod:`vitcompress.nn.generic`,
+found by one traced forward). Quantization points are named ``<module path>.<point>``:
+``blocks.3.attn.qkv.weight``, ``blocks.3.attn.qkv.input``, ``blocks.3.attn.q`` / ``.k`` / ``.v`` /
+``.probs`` (timm), ``blocks.3.attn.matmul0.a`` / ``softmax0.out`` / ``sdpa0.q`` (generic),
+``blocks.3.norm1.input``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 
+import torch
 from timm.layers import Attention
 from timm.layers import LayerNorm as TimmLayerNorm
 from timm.models.swin_transformer import WindowAttention
@@ -19,7 +23,19 @@ from torch import nn
 from vitcompress.config import Recipe
 from vitcompress.errors import ConfigError, UnsupportedModelError
 from vitcompress.nn.attention import ATTN_POINTS, QuantAttention, QuantWindowAttention
+from vitcompress.nn.edges import resolve_edges
+from vitcompress.nn.generic import to_generic
 from vitcompress.nn.linear import QuantConv2d, QuantLayerNorm, QuantLinear
+from vitcompress.nn.ops import example_input_for, trace_ops
+from vitcompress.nn.plan import Plan, make_plan
+from vitcompress.nn.summary import (  # noqa: F401  (public here: inspect, reports and the export use them)
+    FLOAT_ATTENTION_ATTR,
+    FLOAT_ATTR,
+    AttentionSummary,
+    FloatModule,
+    attention_summary,
+    float_modules,
+)
 from vitcompress.quant import Quantizer
 
 log = logging.getLogger(__name__)
@@ -56,8 +72,6 @@ CONVERTERS: dict[type, Converter] = {
     WindowAttention: _attention(QuantWindowAttention),
 }
 QUANT_TYPES = (QuantLinear, QuantConv2d, QuantLayerNorm, QuantAttention, QuantWindowAttention)
-# modules that hold parameters directly but need no conversion (containers of embeddings, tokens)
-_PASSIVE_PARAM_OWNERS = ("VisionTransformer", "SwinTransformer", "VisionTransformerDistilled", "LayerScale")
 
 
 def quantization_points(model: nn.Module) -> Iterator[tuple[str, Quantizer]]:
@@ -68,24 +82,14 @@ def quantization_points(model: nn.Module) -> Iterator[tuple[str, Quantizer]]:
             yield f"{owner}.{attr.removesuffix('_quantizer')}" if owner else attr.removesuffix("_quantizer"), module
 
 
-def _unknown_layers(model: nn.Module) -> list[str]:
-    """Modules with their own parameters (or attention-like names) that no converter knows."""
-    unknown = []
-    for path, m in model.named_modules():
-        if type(m) in CONVERTERS or isinstance(m, (*QUANT_TYPES, Quantizer)):
-            continue
-        owns_params = any(True for _ in m.parameters(recurse=False))
-        looks_like_attention = "attention" in type(m).__name__.lower() or "attn" in type(m).__name__.lower()
-        if (owns_params and type(m).__name__ not in _PASSIVE_PARAM_OWNERS) or looks_like_attention:
-            unknown.append(f"{path or '<root>'} ({type(m).__name__})")
-    return unknown
-
-
-def _convert(module: nn.Module, recipe: Recipe, prefix: str) -> None:
+def _convert(module: nn.Module, recipe: Recipe, prefix: str, plan: Plan) -> None:
     for child_name, child in list(module.named_children()):
         path = f"{prefix}.{child_name}" if prefix else child_name
         converter = CONVERTERS.get(type(child))
-        if converter is not None:
+        if converter is None and path in plan.generic:
+            child = to_generic(child, *plan.generic[path], recipe, path)
+            setattr(module, child_name, child)
+        elif converter is not None:
             child = converter(child, recipe, path)
             setattr(module, child_name, child)
             for attr, qz in child.named_children():
@@ -93,28 +97,38 @@ def _convert(module: nn.Module, recipe: Recipe, prefix: str) -> None:
                     point = attr.removesuffix("_quantizer")
                     qz.role = "norm" if isinstance(child, QuantLayerNorm) else POINT_ROLES[point]
         if not isinstance(child, Quantizer):
-            _convert(child, recipe, path)
+            _convert(child, recipe, path, plan)
 
 
-def prepare(model: nn.Module, recipe: Recipe) -> nn.Module:
+def prepare(model: nn.Module, recipe: Recipe, example_input: torch.Tensor | None = None) -> nn.Module:
     """Replace every known layer of ``model`` (in place) with its quantized version.
 
+    One forward on ``example_input`` (default: a zero image of the size the model declares, see
+    :func:`~vitcompress.nn.ops.example_input_for`) finds the attention ops and the linears called through
+    ``F.linear`` (:mod:`vitcompress.nn.generic`) and the modules nothing would quantize.
+
     Raises:
-        UnsupportedModelError: the model has layers no converter knows (listed), unless
-            ``recipe.unknown_layers == "float"``, which leaves them in float and logs them.
+        UnsupportedModelError: modules with weights or activation matmuls that nothing quantizes (all
+            named), unless ``recipe.unknown_layers == "float"``, which leaves them in float, logs them
+            and lists them in :func:`float_modules`; or the forward fails on the example input.
         ConfigError: an override pattern matches no quantization point.
     """
     if any(isinstance(m, Quantizer) for m in model.modules()):
         raise UnsupportedModelError("model is already quantized: prepare a float model")
-    unknown = _unknown_layers(model)
-    if unknown and recipe.unknown_layers == "error":
+    recipe = resolve_edges(recipe, model)
+    sites = trace_ops(model, example_input_for(model) if example_input is None else example_input)
+    plan = make_plan(model, sites, tuple(CONVERTERS))
+    floats = list(plan.floats.values())
+    if floats and recipe.unknown_layers == "error":
+        listed = "; ".join(f"{f.name or '<model>'} ({f.type}: {f.why})" for f in floats)
         raise UnsupportedModelError(
-            f"layers vitcompress does not know how to quantize: {', '.join(unknown[:8])}"
-            f"{' …' if len(unknown) > 8 else ''}; set recipe unknown_layers: float to leave them in float"
+            f"modules nothing quantizes: {listed}; set recipe unknown_layers: float to leave them in float"
         )
-    if unknown:
-        log.warning("leaving %d unknown layers in float: %s", len(unknown), ", ".join(unknown))
-    _convert(model, recipe, "")
+    if floats:
+        log.warning("leaving %d modules in float: %s", len(floats), ", ".join(f.name or "<model>" for f in floats))
+    _convert(model, recipe, "", plan)
+    setattr(model, FLOAT_ATTR, tuple(floats))
+    setattr(model, FLOAT_ATTENTION_ATTR, tuple(plan.float_attention))
     names = [name for name, _ in quantization_points(model)]
     for pattern, _ in recipe.overrides:
         if not any(recipe.matching_override(n) == pattern for n in names):

@@ -58,6 +58,10 @@ class QuantLinear(_WeightQuantMixin, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.input_quantizer(x), self.quantized_weight(), self.bias)
 
+    def functional_forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``F.linear(x, self.weight, bias)`` as a caller wrote it (BEiT's qkv with its own bias), quantized."""
+        return F.linear(self.input_quantizer(x), self.quantized_weight(), bias)
+
 
 class QuantConv2d(_WeightQuantMixin, nn.Conv2d):
     """``nn.Conv2d`` (the patch embedding) with weight and input quantizers."""

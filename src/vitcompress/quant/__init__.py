@@ -1,4 +1,4 @@
-"""Quantization primitives: quantizers (uniform, log2, PTF), range observers, bias correction.
+"""Quantization primitives: quantizers (uniform, log2, PTF, log√2), range observers, bias correction.
 
 The log2 and power-of-two-factor quantizers follow FQ-ViT (Lin et al., IJCAI 2022, arXiv:2111.13824);
 learnable scales follow LSQ (Esser et al., ICLR 2020, arXiv:1902.08153); OMSE ranges follow Choukroun
@@ -16,6 +16,7 @@ from vitcompress.quant.functional import (
     qrange_tensor,
     round_ste,
 )
+from vitcompress.quant.logsqrt2 import LogSqrt2Quantizer, log_sqrt2_fake_quant
 from vitcompress.quant.observers import (
     ChannelHistogramObserver,
     HistogramObserver,
@@ -30,6 +31,7 @@ __all__ = [
     "ChannelHistogramObserver",
     "HistogramObserver",
     "Log2Quantizer",
+    "LogSqrt2Quantizer",
     "PTFQuantizer",
     "Quantizer",
     "RowHistogram",
@@ -38,6 +40,7 @@ __all__ = [
     "fake_quant",
     "grad_scale",
     "log2_fake_quant",
+    "log_sqrt2_fake_quant",
     "make_quantizer",
     "ptf_fake_quant",
     "qparams_from_range",

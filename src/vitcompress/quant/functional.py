@@ -128,3 +128,21 @@ def ptf_fake_quant(
         qmax: highest code.
     """
     return fake_quant(x, scale * torch.exp2(alpha.to(scale.dtype)), zero_point, qmin, qmax)
+
+
+def token_qparams(
+    scale: torch.Tensor, zero_point: torch.Tensor, token_scale: torch.Tensor, token_zero: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of every token of a ``(B, n, C)`` input whose leading tokens are apart.
+
+    Token ``t < p = min(len(token_scale), n)`` uses ``token_scale[t]``, ``token_zero[t]`` on all its
+    channels; the others use ``scale``/``zero_point`` (a scalar, or (C,) for PTF). Returns two tensors
+    of shape (n, 1) or (n, C), which broadcast against the input in :func:`fake_quant`.
+    """
+    p = min(token_scale.numel(), n)
+    width = max(scale.numel(), zero_point.numel())
+    rest_s = scale.reshape(1, -1).expand(n - p, width)
+    rest_z = zero_point.to(scale.dtype).reshape(1, -1).expand(n - p, width)
+    lead_s = token_scale[:p].to(scale.dtype).reshape(p, 1).expand(p, width)
+    lead_z = token_zero[:p].to(scale.dtype).reshape(p, 1).expand(p, width)
+    return torch.cat([lead_s, rest_s]), torch.cat([lead_z, rest_z])

@@ -357,20 +357,23 @@ class ChannelHistogramObserver(RowHistogram):
             )
         self.update_rows(x.detach().reshape(-1, self.rows).T)  # (C, tokens)
 
-    def ptf_params(self, bits: int, max_alpha: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def ptf_params(
+        self, bits: int, max_alpha: int = 3, lo: torch.Tensor | None = None, hi: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """FQ-ViT power-of-two factors (Lin et al., IJCAI 2022, arXiv:2111.13824).
 
-        The layer range (all channels; widened to include 0) gives ``s_layer`` and the zero point
-        ``z``; channel ``c`` then takes the ``α_c ∈ {0..max_alpha}`` whose scale ``s_layer/2^max_alpha·2^α``
-        gives the least squared error on its histogram (ties: the smaller α). As in FQ-ViT's code,
-        all channels share ``z``.
+        The layer range (all channels, or ``[lo, hi]`` if given; widened to include 0) gives ``s_layer`` and
+        the zero point ``z``; channel ``c`` then takes the ``α_c ∈ {0..max_alpha}`` whose scale
+        ``s_layer/2^max_alpha·2^α`` gives the least squared error on its histogram (ties: the smaller α).
+        As in FQ-ViT's code, all channels share ``z``.
 
         Returns:
             ``(s, z, alpha)``: ``s = s_layer / 2^max_alpha`` and ``z`` (0-dim float32), ``alpha`` (C,) int64.
         """
         self._require_data()
         qmin, qmax = qrange(bits, symmetric=False)
-        lo, hi = self.min.min().clamp(max=0.0), self.max.max().clamp(min=0.0)
+        lo = (self.min.min() if lo is None else torch.as_tensor(lo, dtype=torch.float64)).clamp(max=0.0)
+        hi = (self.max.max() if hi is None else torch.as_tensor(hi, dtype=torch.float64)).clamp(min=0.0)
         s_layer = ((hi - lo) / (qmax - qmin)).clamp_min(_EPS_SCALE)
         zero = (qmin - torch.round(lo / s_layer)).clamp(qmin, qmax)
         base = s_layer / 2**max_alpha
@@ -379,3 +382,118 @@ class ChannelHistogramObserver(RowHistogram):
             [self.sq_error(ones * base * 2**a, ones * zero, ones * qmin, ones * qmax) for a in range(max_alpha + 1)]
         )  # (α, C)
         return base.float(), zero.float(), errors.argmin(0)  # argmin keeps the first (smallest) α on ties
+
+
+# ---- leading tokens apart --------------------------------------------------------------------------
+TOKEN_SPLIT_RATIO = 2.0
+"""A leading token is apart when its range is over this factor wider or narrower than the other tokens'."""
+
+
+def _span(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Width of ``[lo, hi]`` widened to include 0 (what an asymmetric scale covers)."""
+    return hi.clamp(min=0.0) - lo.clamp(max=0.0)
+
+
+def _count_below(hist: RowHistogram, value: torch.Tensor) -> torch.Tensor:
+    """Per row, the number of observed values ≤ ``value`` (uniform density inside each bin)."""
+    lower, upper = hist.bin_edges()
+    width = upper - lower
+    frac = torch.where(width > 0, (value - lower) / width.clamp_min(1e-300), (upper <= value).double())
+    return (hist.hist * frac.clamp(0.0, 1.0)).sum(1)
+
+
+def group_search(
+    parts: list[tuple[RowHistogram, slice]], observer: str, bits: int, symmetric: bool, percentile: float = 99.99
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One range ``(lo, hi)`` (0-dim float64) for the values of several histogram rows together.
+
+    ``parts`` lists ``(histogram, rows)``; the search is that of :func:`search_range` on the union of
+    their values: ``minmax`` exact, ``percentile`` by bisection on the summed CDFs, ``omse``/``mse``
+    by the least squared error summed over the rows.
+    """
+    name = parts[0][0].name if parts else ""
+    parts = [(h, rows) for h, rows in parts if h.hist is not None and h.min[rows].numel()]
+    if not parts:
+        raise DataError(f"quantizer {name or '<unnamed>'}: no data observed; run calibration first")
+    lo = torch.stack([h.min[rows].min() for h, rows in parts]).min()
+    hi = torch.stack([h.max[rows].max() for h, rows in parts]).max()
+    if observer == "minmax":
+        return lo, hi
+    if observer == "percentile":
+        return _group_quantile(parts, lo, hi, 1 - percentile / 100), _group_quantile(parts, lo, hi, percentile / 100)
+    best, best_err = (lo, hi), math.inf
+    for r in _ratios(observer):
+        qp = qparams_from_range(lo * r, hi * r, bits, symmetric)
+        err = sum(float(h.sq_error(*qp)[rows].sum()) for h, rows in parts)
+        if err < best_err:
+            best, best_err = (lo * r, hi * r), err
+    return best
+
+
+def _group_quantile(parts: list, lo: torch.Tensor, hi: torch.Tensor, q: float) -> torch.Tensor:
+    total = sum(float(h.hist[rows].sum()) for h, rows in parts)
+    a, b = lo.clone(), hi.clone()
+    for _ in range(60):  # bisection on the value: 60 halvings reach float64 resolution
+        mid = (a + b) / 2
+        below = sum(float(_count_below(h, mid)[rows].sum()) for h, rows in parts)
+        a, b = (mid, b) if below < q * total else (a, mid)
+    return (a + b) / 2
+
+
+class TokenObserver:
+    """Statistics of activations ``(B, N, C)`` with the leading token positions kept apart.
+
+    Class, distillation and register tokens sit in front of the patch tokens and can differ from them
+    in scale by orders of magnitude (Darcet, Oquab, Mairal, Bojanowski, "Vision Transformers Need
+    Registers", ICLR 2024, arXiv:2309.16588): one shared scale then rounds a small token to a constant,
+    or lets a large one coarsen every other token. Each of the first ``k = min(max_tokens, N // 2)``
+    positions gets its own histogram (axis 1); all other values go to ``tail`` (a
+    :class:`HistogramObserver`, or a :class:`ChannelHistogramObserver` for PTF). Inputs that are not
+    3-D (no token axis: ``(B, C)``, or Swin's ``(B, H, W, C)``, which has no prefix tokens) go to ``tail`` only.
+
+    After calibration, :meth:`split` gives ``P``: the leading positions up to the last one whose range
+    is more than :data:`TOKEN_SPLIT_RATIO` times wider or narrower than the tail's; each of them gets a
+    scale of its own, the others share the tail's.
+    """
+
+    def __init__(self, max_tokens: int, tail: RowHistogram, name: str = "", bins: int = 512):
+        self.max_tokens, self.tail, self.name, self.bins = max_tokens, tail, name, bins
+        self.k: int | None = None
+        self.lead: RowHistogram | None = None
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add ``x``; its axis 1 holds the tokens when it is 3-D."""
+        if x.dim() == 3 and self.k is None:
+            self.k = min(self.max_tokens, x.shape[1] // 2)
+            self.lead = RowHistogram(self.k, self.name, self.bins) if self.k else None
+        if x.dim() != 3 or not self.k or x.shape[1] < 2 * self.k:  # no (or too few) tokens to set apart
+            self.tail.update(x)
+            return
+        self.lead.update_rows(x[:, : self.k].detach().transpose(0, 1).reshape(self.k, -1))
+        self.tail.update(x[:, self.k :])
+
+    def split(self) -> int:
+        """``P``: how many leading positions get a scale of their own (class docstring)."""
+        if self.tail.hist is None:
+            raise DataError(f"quantizer {self.name or '<unnamed>'}: no data observed; run calibration first")
+        if self.lead is None or self.lead.hist is None:
+            return 0
+        ref = _span(self.tail.min.min(), self.tail.max.max())
+        span = _span(self.lead.min, self.lead.max)
+        apart = (span * TOKEN_SPLIT_RATIO < ref) | (span > TOKEN_SPLIT_RATIO * ref)
+        index = torch.nonzero(apart)
+        return int(index.max()) + 1 if index.numel() else 0
+
+    def rest_parts(self, p: int) -> list[tuple[RowHistogram, slice]]:
+        """The histogram rows of the tokens that share one scale when ``p`` positions are apart."""
+        parts = [(self.tail, slice(None))]
+        if self.lead is not None and self.lead.hist is not None and p < self.k:
+            parts.append((self.lead, slice(p, None)))
+        return parts
+
+    def lead_ranges(
+        self, p: int, observer: str, bits: int, symmetric: bool, percentile: float = 99.99
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ranges ``(lo, hi)``, each (p,) float64, of the first ``p`` positions, each on its own."""
+        lo, hi = self.lead.search(observer, bits, symmetric, percentile)
+        return lo[:p], hi[:p]

@@ -30,12 +30,15 @@ from vitcompress.quant.functional import (
     ptf_fake_quant,
     qrange,
     qrange_tensor,
+    token_qparams,
 )
 from vitcompress.quant.observers import (
     ChannelHistogramObserver,
     HistogramObserver,
     RowHistogram,
+    TokenObserver,
     check_finite,
+    group_search,
     qparams_from_range,
     search_range,
     to_rows,
@@ -126,12 +129,61 @@ class Quantizer(nn.Module):
         return f"{self.name}: {s.bits} bit {s.scheme} {s.granularity} {s.observer}, enabled={self.enabled}"
 
 
-class UniformQuantizer(Quantizer):
+class _TokensApart:
+    """Leading tokens (class, distillation, register tokens) on scales of their own.
+
+    With ``spec.prefix_tokens = K > 0`` an observer :class:`TokenObserver` decides at calibration how
+    many leading positions ``P ≤ K`` of the token axis of ``(B, N, C)`` inputs are apart; buffers
+    ``token_scale``, ``token_zero`` (K,) hold their scales and zero points (entries ≥ P unused) and
+    ``prefix`` holds P. Inputs that are not 3-D use the shared scale only.
+    """
+
+    spec: QuantSpec
+    name: str
+
+    def _init_tokens(self) -> None:
+        k = getattr(self.spec, "prefix_tokens", 0)
+        self.max_prefix = k
+        if k:
+            self.register_buffer("token_scale", torch.ones(k))
+            self.register_buffer("token_zero", torch.zeros(k))
+            self.register_buffer("prefix", torch.tensor(0, dtype=torch.int64))
+
+    @property
+    def prefix_count(self) -> int:
+        """``P``: the leading tokens with scales of their own (0 without ``prefix_tokens``)."""
+        return int(self.prefix) if self.max_prefix else 0
+
+    def _set_tokens(self, obs: TokenObserver, observer: str, symmetric: bool) -> int:
+        """Fix ``P`` and the leading tokens' scales from ``obs``; returns ``P``."""
+        p = obs.split()
+        scale, zero = torch.ones(self.max_prefix), torch.zeros(self.max_prefix)
+        if p:
+            lo, hi = obs.lead_ranges(p, observer, self.spec.bits, symmetric, self.spec.percentile)
+            s, z, _, _ = qparams_from_range(lo.float().cpu(), hi.float().cpu(), self.spec.bits, symmetric)
+            self._check_qparams(s, z)
+            scale[:p], zero[:p] = s, z
+        with torch.no_grad():
+            self.token_scale.copy_(scale)
+            self.token_zero.copy_(zero)
+            self.prefix.fill_(p)
+        return p
+
+    def _per_token(self, x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``scale``/``zero`` (shared), or per token (n, 1 or C) when leading tokens are apart."""
+        p = self.prefix_count
+        if not p or x.dim() != 3:
+            return scale, zero
+        return token_qparams(scale, zero, self.token_scale[:p], self.token_zero[:p], x.shape[1])
+
+
+class UniformQuantizer(_TokensApart, Quantizer):
     """Uniform quantizer: symmetric (signed, z = 0) or asymmetric (unsigned, zero point).
 
     Granularity ``tensor`` (scalar scale), ``channel`` (one scale per index of ``channel_axis``),
     ``group`` (``group_size`` consecutive channels share one scale and one bit width, buffer
     ``group_bits``) or ``token`` (dynamic min/max over the last axis at run time; nothing stored).
+    Per tensor, ``spec.prefix_tokens`` sets leading tokens apart (:class:`_TokensApart`).
 
     Statistics: per tensor, a streaming :class:`HistogramObserver`. Per channel/group, the first
     observed tensor is kept as is (weights: the range search runs on the exact values); a second
@@ -162,8 +214,9 @@ class UniformQuantizer(Quantizer):
                 self.group_bits.copy_(torch.tensor(spec.group_bits, dtype=torch.int64))
         if spec.granularity == "token":
             self.calibrated.fill_(True)  # dynamic: nothing to calibrate
-        self._hist: RowHistogram | None = None
+        self._hist: RowHistogram | TokenObserver | None = None
         self._exact: torch.Tensor | None = None  # (R, K) the single observed tensor, until a second one
+        self._init_tokens()
 
     def _param_shape(self, spec: QuantSpec, n: int | None) -> tuple[int, ...]:
         if spec.granularity in ("tensor", "token"):
@@ -219,7 +272,7 @@ class UniformQuantizer(Quantizer):
     def qparam_count(self) -> int:
         if not self.active or self.spec.granularity == "token":
             return 0
-        return self.scale.numel() * (1 if self.symmetric else 2)
+        return (self.scale.numel() + self.prefix_count) * (1 if self.symmetric else 2)
 
     # ---- calibration -----------------------------------------------------------------------------
     def reset_stats(self) -> None:
@@ -243,7 +296,8 @@ class UniformQuantizer(Quantizer):
             return
         if g == "tensor":
             if self._hist is None:
-                self._hist = HistogramObserver(self.name)
+                tail = HistogramObserver(self.name)
+                self._hist = TokenObserver(self.max_prefix, tail, self.name, ROW_BINS) if self.max_prefix else tail
             self._hist.update(x)
             return
         rows = self._rows(x)
@@ -264,7 +318,10 @@ class UniformQuantizer(Quantizer):
         if spec.granularity == "token" or not spec.enabled:
             return
         bits = self._row_bits()
-        if self._exact is not None:
+        if isinstance(self._hist, TokenObserver):
+            p = self._set_tokens(self._hist, spec.observer, self.symmetric)
+            lo, hi = group_search(self._hist.rest_parts(p), spec.observer, bits, self.symmetric, spec.percentile)
+        elif self._exact is not None:
             lo, hi = search_range(self._exact.float(), bits, self.symmetric, spec.observer, spec.percentile)
         elif self._hist is not None:
             lo, hi = self._hist.search(spec.observer, bits, self.symmetric, spec.percentile)
@@ -306,6 +363,8 @@ class UniformQuantizer(Quantizer):
         if self.spec.learnable:
             scale = grad_scale(scale, self._lsq_factor(x))
         qmin, qmax = self.qbounds(x)
+        if self.prefix_count:
+            return fake_quant(x, *self._per_token(x, scale, self.zero_point), qmin, qmax)
         return fake_quant(x, self._broadcast(scale, x), self._broadcast(self.zero_point, x), qmin, qmax)
 
     def _lsq_factor(self, x: torch.Tensor) -> float | torch.Tensor:
@@ -344,13 +403,16 @@ class Log2Quantizer(Quantizer):
         return log2_fake_quant(x, self.spec.bits)
 
 
-class PTFQuantizer(Quantizer):
+class PTFQuantizer(_TokensApart, Quantizer):
     """Power-of-two-factor quantizer of LayerNorm inputs (FQ-ViT, Lin et al., IJCAI 2022, arXiv:2111.13824).
 
     Channels are on the last axis (tokens × C). One layer-wise scale and zero point come from the
     layer range; channel ``c`` uses scale ``s·2^α_c``, ``s = s_layer/8``, ``α_c ∈ {0,1,2,3}`` chosen
     by least L2 error on the channel's streaming histogram. Buffers: ``scale`` (the base ``s``),
     ``zero_point`` (shared by all channels, as in FQ-ViT's code) and ``alpha`` (C,).
+
+    With ``spec.prefix_tokens`` the leading tokens apart (:class:`_TokensApart`) get plain uniform
+    min-max scales; the layer range and the factors come from the other tokens.
     """
 
     MAX_ALPHA = 3
@@ -363,7 +425,8 @@ class PTFQuantizer(Quantizer):
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0.0))
         self.register_buffer("alpha", torch.zeros(num_channels, dtype=torch.int64))
-        self._obs: ChannelHistogramObserver | None = None
+        self._obs: ChannelHistogramObserver | TokenObserver | None = None
+        self._init_tokens()
 
     def reset_stats(self) -> None:
         self._obs = None
@@ -372,7 +435,8 @@ class PTFQuantizer(Quantizer):
         if not self.spec.enabled:
             return
         if self._obs is None:
-            self._obs = ChannelHistogramObserver(self.num_channels, self.name, ROW_BINS)
+            tail = ChannelHistogramObserver(self.num_channels, self.name, ROW_BINS)
+            self._obs = TokenObserver(self.max_prefix, tail, self.name, ROW_BINS) if self.max_prefix else tail
         self._obs.update(x)
 
     def compute_qparams(self) -> None:
@@ -380,7 +444,12 @@ class PTFQuantizer(Quantizer):
             return
         if self._obs is None:
             raise self._error("no data observed; run calibration first")
-        scale, zero, alpha = self._obs.ptf_params(self.spec.bits, self.MAX_ALPHA)
+        if isinstance(self._obs, TokenObserver):
+            p = self._set_tokens(self._obs, "minmax", symmetric=False)
+            lo, hi = group_search(self._obs.rest_parts(p), "minmax", self.spec.bits, False)
+            scale, zero, alpha = self._obs.tail.ptf_params(self.spec.bits, self.MAX_ALPHA, lo, hi)
+        else:
+            scale, zero, alpha = self._obs.ptf_params(self.spec.bits, self.MAX_ALPHA)
         self._check_qparams(scale, zero)
         self.scale.copy_(scale)
         self.zero_point.copy_(zero)
@@ -388,12 +457,16 @@ class PTFQuantizer(Quantizer):
         self.calibrated.fill_(True)
 
     def qparam_count(self) -> int:
-        return 2 if self.active else 0  # s and z; the 2-bit factors α_c are not counted as qparams
+        # s and z (and those of the leading tokens apart); the 2-bit factors α_c are not counted as qparams
+        return 2 * (1 + self.prefix_count) if self.active else 0
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 0 or x.shape[-1] != self.num_channels:
             raise self._error(f"expected {self.num_channels} channels on the last axis, got shape {tuple(x.shape)}")
         qmin, qmax = qrange(self.spec.bits, symmetric=False)
+        if self.prefix_count and x.dim() == 3:
+            channel_scale = self.scale * torch.exp2(self.alpha.to(self.scale.dtype))  # as ptf_fake_quant
+            return fake_quant(x, *self._per_token(x, channel_scale, self.zero_point), qmin, qmax)
         return ptf_fake_quant(x, self.scale, self.zero_point, self.alpha, qmin, qmax)
 
 
@@ -411,6 +484,10 @@ def make_quantizer(
     """
     if spec.scheme == "log2":
         return Log2Quantizer(spec, name)
+    if spec.scheme == "log_sqrt2":
+        from vitcompress.quant.logsqrt2 import LogSqrt2Quantizer  # it subclasses Quantizer: imported late
+
+        return LogSqrt2Quantizer(spec, name)
     if spec.scheme == "ptf":
         return PTFQuantizer(spec, name, num_channels)
     return UniformQuantizer(spec, name, channel_axis, num_channels)

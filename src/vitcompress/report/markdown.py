@@ -33,11 +33,29 @@ def compression_report(metrics: dict, layers: Sequence[LayerQuantStats], charts:
         f"Relative BOPs (vs all 32 bit): {m['rel_bops']:.4f}.",
         "",
     ]
+    lines += _coverage(m)
     if layers:
         lines += _layer_table(layers)
     if charts:
         lines += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
     return "\n".join(lines)
+
+
+def _coverage(m: dict) -> list[str]:
+    """What is quantized: attention coverage and every module left in float, with the reason."""
+    if "float_modules" not in m:
+        return []
+    lines = [
+        "## What is quantized",
+        "",
+        f"Attention: {m['quantized_attention']} of {m['attention_modules']} attention blocks have their softmax "
+        "output and both matmuls quantized.",
+        "",
+    ]
+    if not m["float_modules"]:
+        return lines + ["Every module with weights or an activation matmul is quantized.", ""]
+    lines += [f"Left in float ({len(m['float_modules'])}):", "", "| module | type | why |", "|---|---|---|"]
+    return lines + [f"| `{f['name']}` | {f['type']} | {f['why']} |" for f in m["float_modules"]] + [""]
 
 
 def _layer_table(layers: Sequence[LayerQuantStats]) -> list[str]:
