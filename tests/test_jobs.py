@@ -111,8 +111,23 @@ def test_compress_cli_writes_complete_outputs(tmp_path, capsys):
         "bits_per_layer.png",
         "sqnr_per_layer.png",
     }
-    assert "| `blocks.0.attn.qkv` | 4 | 8 |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| `blocks.0.attn.qkv` | 4 | 8 |" in report
+    # what is quantized: every attention block (softmax and both matmuls), nothing left in float
+    assert metrics["attention_modules"] == metrics["quantized_attention"] > 0 and metrics["float_modules"] == []
+    assert f"{metrics['attention_modules']} of {metrics['attention_modules']} attention blocks" in report
+    assert "Every module with weights or an activation matmul is quantized." in report
     assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_report_lists_modules_left_in_float():
+    from vitcompress.report.markdown import _coverage
+
+    m = {"attention_modules": 2, "quantized_attention": 1, "float_modules": [{"name": "blocks.1.attn", "type":
+         "Attention", "why": "attention points not quantizing: probs"}]}  # fmt: skip
+    text = "\n".join(_coverage(m))
+    assert "1 of 2 attention blocks" in text and "Left in float (1)" in text
+    assert "| `blocks.1.attn` | Attention | attention points not quantizing: probs |" in text
 
 
 @ready

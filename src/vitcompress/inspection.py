@@ -97,7 +97,7 @@ def inspect_model(
     return Inspection(
         recipe=recipe.name,
         points=points,
-        float_modules=tuple({"name": f.name, "type": f.type, "why": f.why} for f in float_modules(prepared)),
+        float_modules=tuple(f.to_dict() for f in float_modules(prepared)),
         attention_modules=attention.attention_modules,
         quantized_attention=attention.quantized_attention,
         macs=report.macs,

@@ -202,7 +202,7 @@ def coverage(model: nn.Module) -> dict[str, Any]:
     return {
         "attention_modules": attention.attention_modules,
         "quantized_attention": attention.quantized_attention,
-        "float_modules": [{"name": f.name, "type": f.type, "why": f.why} for f in float_modules(model)],
+        "float_modules": [f.to_dict() for f in float_modules(model)],
     }
 
 
