@@ -141,3 +141,15 @@ def test_scenes_build_writes_coco_json_once(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # argparse refuses a background outside the choices
         main([*argv[:-2], "--background", "stripes", "--cache-dir", str(tmp_path)])
     assert e.value.code == 2 and "stripes" in capsys.readouterr().err
+
+
+def test_cost_and_inspect_of_a_model_without_patch_embed_built_at_another_size(capsys):
+    """LeViT built at 64 px: timm's pretrained_cfg would say 224; the size the model is built at is used."""
+    argv = ["--model", "timm:levit_128s", "--img-size", "64", "--num-classes", "10", "--recipe", "w8a8", "--json"]
+    assert main(["cost", *argv]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["input_shape"] == [3, 64, 64] and report["macs"] > 0
+    assert main(["inspect", *argv]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["macs"] == report["macs"] and found["attention_modules"] == found["quantized_attention"] > 0
+    assert found["float_modules"] == [] and found["error"] is None

@@ -353,13 +353,14 @@ def _eval(args: argparse.Namespace, g: GlobalOptions) -> int:
 def _cost(args: argparse.Namespace, g: GlobalOptions) -> int:
     from vitcompress.config import resolve_recipe
     from vitcompress.cost import cost, format_table
+    from vitcompress.models.inputs import zero_image
     from vitcompress.models.source import ModelSource
     from vitcompress.nn.convert import prepare, quantization_points
 
     source, opts = from_args(ModelSource, args), from_args(CostOptions, args)
     model = source.load()
     if opts.recipe:
-        prepare(model, resolve_recipe(opts.recipe))
+        prepare(model, resolve_recipe(opts.recipe), zero_image(model, opts.input_size))
         for _, qz in quantization_points(model):  # bits are all cost needs: no calibration
             qz.enabled = qz.spec.enabled
     report = cost(model, input_size=opts.input_size)

@@ -12,14 +12,13 @@ import copy
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import torch
 from torch import nn
 
 from vitcompress.config import Recipe
 from vitcompress.cost import cost
 from vitcompress.errors import UnsupportedModelError
+from vitcompress.models.inputs import zero_image
 from vitcompress.nn.convert import attention_summary, float_modules, point_role, prepare, quantization_points
-from vitcompress.validate import positive_int
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def inspect_model(
         ConfigError: an override pattern matches no point; ``input_size`` missing or not accepted.
     """
     error = None
-    example = _example(model, input_size, in_chans)
+    example = None if input_size is None else zero_image(model, input_size, in_chans)  # else the model's own
     prepared = copy.deepcopy(model)
     try:
         prepare(prepared, recipe, example)
@@ -106,18 +105,6 @@ def inspect_model(
         input_size=report.input_size,
         error=error,
     )
-
-
-def _example(model: nn.Module, input_size: int | None, in_chans: int | None) -> torch.Tensor | None:
-    """A zero image of ``input_size`` (channels: ``in_chans``, else the first convolution's, else 3), or None
-    to let ``prepare`` use the size the model declares."""
-    if input_size is None:
-        return None
-    positive_int("input_size", input_size)
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    chans = in_chans or (conv.in_channels if conv is not None else 3)
-    param = next(model.parameters(), None)
-    return torch.zeros(1, chans, input_size, input_size, device=param.device if param is not None else "cpu")
 
 
 def format_inspection(found: Inspection) -> str:

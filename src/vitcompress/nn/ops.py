@@ -26,7 +26,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from vitcompress.errors import ConfigError, UnsupportedModelError
-from vitcompress.models.inputs import resolve_input_shape
+from vitcompress.models.inputs import zero_image
 
 # torch function -> kind; the index of an op is counted per (module, kind) in call order
 MATMUL_FUNCS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm, torch.mm)
@@ -229,15 +229,12 @@ def trace_ops(model: nn.Module, example_input: torch.Tensor) -> list[OpSite]:
 
 
 def example_input_for(model: nn.Module) -> torch.Tensor:
-    """A zero image of the shape ``model`` declares (:func:`vitcompress.models.inputs.resolve_input_shape`),
-    batch 1, on the model's device.
+    """A zero image of the shape ``model`` declares (:func:`vitcompress.models.inputs.zero_image`).
 
     Raises:
         UnsupportedModelError: the model declares no input size.
     """
     try:
-        shape = resolve_input_shape(model)
+        return zero_image(model)
     except ConfigError as e:
         raise UnsupportedModelError(f"{e}; or pass example_input") from None
-    param = next(model.parameters(), None)
-    return torch.zeros(1, *shape, device=param.device if param is not None else "cpu")
