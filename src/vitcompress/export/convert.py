@@ -133,17 +133,20 @@ def _unsupported(qz: Quantizer, why: str, policy: str, points: _Points) -> bool:
 
 
 class TokensApart(nn.Module):
-    """Leading tokens on scales of their own (``prefix_tokens``): a per-token QDQ (axis 1) on the first
-    ``p`` tokens of a (B, N, C) input, the shared QDQ on the others; other inputs: the shared QDQ."""
+    """Leading tokens on scales of their own (``prefix_tokens``): one per-tensor QDQ per leading token of a
+    (B, N, C) input, the shared QDQ on the others; other inputs: the shared QDQ. (Per-tensor, not one QDQ on
+    axis 1: OpenVINO's ONNX reader needs a static rank for a per-axis DequantizeLinear, which a Swin block's
+    reshaped tokens do not carry through the graph.)"""
 
-    def __init__(self, lead: nn.Module, rest: nn.Module, p: int):
+    def __init__(self, lead: list[nn.Module], rest: nn.Module):
         super().__init__()
-        self.lead, self.rest, self.p = lead, rest, p
+        self.lead, self.rest, self.p = nn.ModuleList(lead), rest, len(lead)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3:
             return self.rest(x)
-        return torch.cat([self.lead(x[:, : self.p]), self.rest(x[:, self.p :])], dim=1)  # (B, N, C)
+        parts = [qdq(x[:, i : i + 1]) for i, qdq in enumerate(self.lead)]
+        return torch.cat([*parts, self.rest(x[:, self.p :])], dim=1)  # (B, N, C)
 
 
 def activation_qdq(
@@ -156,8 +159,11 @@ def activation_qdq(
     if not p or isinstance(out, nn.Identity):
         return out
     signed = isinstance(qz, UniformQuantizer) and qz.symmetric  # PTF grids are unsigned
-    lead = _uniform_qdq(qz, qz.token_scale[:p], qz.token_zero[:p], signed, 1, qz.spec.bits, policy, _Points(), "")
-    return TokensApart(lead, out, p)
+    lead = [
+        _uniform_qdq(qz, qz.token_scale[i], qz.token_zero[i], signed, None, qz.spec.bits, policy, _Points(), "")
+        for i in range(p)
+    ]
+    return TokensApart(lead, out)
 
 
 def shared_qdq(
