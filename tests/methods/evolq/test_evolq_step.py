@@ -113,3 +113,27 @@ def test_run_job_writes_the_folder_and_resumes(tmp_path):
     )
     assert more.metrics["ptq_seconds"] is None and more.metrics["recipe"] == "w4a8"
     assert more.metrics["ptq_top1"] == m["q_top1"] and more.metrics["evolq"]["history"][0]["top1"] == m["q_top1"]
+
+
+def test_evolq_on_top_of_reparameterization_log_sqrt2_and_reconstruction(data, tmp_path):
+    """Issue 17's techniques compose with Evol-Q: its PTQ step runs them (a short reconstruction here), the
+    search then moves the reconstructed model's scales, and the result saves and restores exactly."""
+    from dataclasses import replace
+
+    from vitcompress.config import Reconstruction
+    from vitcompress.quantize import save
+
+    calib, test = data
+    recipe = replace(get_preset("recon-w4a4"), reconstruction=Reconstruction(iters=5, batch_size=16))
+    model = load_model("vit-fmnist")
+    norm_before = model.blocks[0].norm1.weight.detach().clone()
+    result = vitcompress.compress_(model, EvolQConfig(recipe=recipe, passes=1, cycles=1, calib_size=32), calib,
+                                   eval_data=test, state_dir=tmp_path / "state")  # fmt: skip
+    assert recipe_of(model).reparam and recipe_of(model).probs.scheme == "log_sqrt2"
+    assert not torch.equal(model.blocks[0].norm1.weight, norm_before)  # the LayerNorm was reparameterized
+    h = result.metrics["evolq"]["history"]
+    assert [e["pass"] for e in h] == [0, 1] and h[1]["fitness"] <= h[0]["fitness"]  # the search ran and kept the best
+    save(model, tmp_path / "m")
+    x = next(iter(torch.utils.data.DataLoader(test, batch_size=8)))[0]
+    with torch.no_grad():
+        assert torch.equal(restore(tmp_path / "m")(x), model(x))
