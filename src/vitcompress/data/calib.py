@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vitcompress.data.datasets import make_loader
+from vitcompress.device import to_device
 from vitcompress.errors import DataError
 from vitcompress.validate import positive_int
 
@@ -20,8 +21,10 @@ log = logging.getLogger(__name__)
 CalibData = Dataset | DataLoader | Iterable
 
 
-def iter_images(calib: CalibData, batch_size: int = 64) -> Iterator[torch.Tensor]:
-    """Yield image batches from ``calib``.
+def iter_images(
+    calib: CalibData, batch_size: int = 64, device: torch.device | str | None = None
+) -> Iterator[torch.Tensor]:
+    """Yield image batches from ``calib`` (on ``device`` when given: pass the model's).
 
     ``calib`` is a Dataset of (image, label) or of images (batched by ``batch_size``, decoded by
     the dataset's DataLoader workers, see :func:`~vitcompress.data.datasets.make_loader`), a
@@ -46,15 +49,20 @@ def iter_images(calib: CalibData, batch_size: int = 64) -> Iterator[torch.Tensor
         if not torch.isfinite(x).all():
             raise DataError(f"calibration data batch {i} contains NaN or Inf values")
         seen += len(x)
-        yield x
+        yield x if device is None else to_device(x, device)
     if seen == 0:
         raise DataError("calibration data is empty: pass at least one image")
 
 
 def first_batches(
-    calib: CalibData, n: int | None = None, batch_size: int = 64, what: str = "n_images"
+    calib: CalibData,
+    n: int | None = None,
+    batch_size: int = 64,
+    what: str = "n_images",
+    device: torch.device | str | None = None,
 ) -> list[torch.Tensor]:
-    """The first ``n`` images of ``calib`` (all of them when ``n`` is None) as a list of batches.
+    """The first ``n`` images of ``calib`` (all of them when ``n`` is None) as a list of batches (on ``device``
+    when given).
 
     A Dataset is batched by ``batch_size``; a loader or iterable keeps its own batches (the last one
     cut at ``n``). Fewer than ``n`` images is logged, not an error: every image is then used.
@@ -64,7 +72,7 @@ def first_batches(
     """
     positive_int(what, n, optional=True)
     out, seen = [], 0
-    for x in iter_images(calib, batch_size):
+    for x in iter_images(calib, batch_size, device):
         if n is not None:
             x = x[: n - seen]
         out.append(x)
@@ -76,9 +84,15 @@ def first_batches(
     return out
 
 
-def first_images(calib: CalibData, n: int, batch_size: int = 64, what: str = "n_images") -> torch.Tensor:
+def first_images(
+    calib: CalibData,
+    n: int,
+    batch_size: int = 64,
+    what: str = "n_images",
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """The first ``n`` images of ``calib`` as one tensor (see :func:`first_batches`)."""
-    return torch.cat(first_batches(calib, n, batch_size, what))
+    return torch.cat(first_batches(calib, n, batch_size, what, device))
 
 
 def example_image(calib: CalibData | None) -> torch.Tensor | None:
@@ -93,6 +107,8 @@ def example_image(calib: CalibData | None) -> torch.Tensor | None:
     return first_images(calib, 1)
 
 
-def cache_batches(calib: CalibData, batch_size: int = 64) -> list[torch.Tensor]:
+def cache_batches(
+    calib: CalibData, batch_size: int = 64, device: torch.device | str | None = None
+) -> list[torch.Tensor]:
     """All calibration batches as a list (small calibration sets are reused by searches)."""
-    return first_batches(calib, None, batch_size)
+    return first_batches(calib, None, batch_size, device=device)
