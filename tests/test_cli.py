@@ -153,3 +153,98 @@ def test_cost_and_inspect_of_a_model_without_patch_embed_built_at_another_size(c
     found = json.loads(capsys.readouterr().out)
     assert found["macs"] == report["macs"] and found["attention_modules"] == found["quantized_attention"] > 0
     assert found["float_modules"] == [] and found["error"] is None
+
+
+# ---- --device on every command (#15) ------------------------------------------------------------------------------
+# each command's argv, the model and data options it needs; --device goes before or after the command name
+DEVICE_COMMANDS = {
+    "eval": ["eval", "--model", "vit-fmnist", "--limit", "8"],
+    "cost": ["cost", "--model", "vit-fmnist", "--recipe", "w8a8"],
+    "inspect": ["inspect", "--model", "vit-fmnist"],
+    "export": ["export", "--model", "vit-fmnist", "--out", "OUT/m.onnx"],
+    "bench": ["bench", "--model", "vit-fmnist", "--runtime", "ort"],
+    "demo": ["demo", "--presets", "w8a8"],
+    "zoo train": ["zoo", "train", "vit-fmnist", "--state-dir", "OUT/zoo", "--out-dir", "OUT/zoo"],
+    **{f"compress {m}": ["compress", m, "--model", "vit-fmnist", "--out", "OUT/job"] for m in METHODS},
+}
+DEVICE_COMMANDS["compress ptq"] += ["--recipe", "w8a8"]
+DEVICE_COMMANDS["compress evolq"] += ["--recipe", "w4a8", "--calib-size", "16"]
+DEVICE_COMMANDS["compress flbq"] += ["--budget", "4"]
+
+
+class _Reached(Exception):
+    """Raised by a spy where the command would start its work."""
+
+
+def _spy_work(monkeypatch, seen: list) -> None:
+    """Every entry into work (a model load, a job, a training) records the device it was given and stops."""
+    import vitcompress.jobs as jobs
+    import vitcompress.train.zoo as zoo
+    from vitcompress.models.source import ModelSource
+
+    def load(self, device=None):
+        seen.append(("load", device))
+        raise _Reached
+
+    def train(name, *a, device=None, **k):
+        seen.append(("train", device))
+        raise _Reached
+
+    def run_job(job, config, baseline=None):
+        seen.append(("job", job.device))
+        raise _Reached
+
+    monkeypatch.setattr(ModelSource, "load", load)
+    monkeypatch.setattr(zoo, "train_zoo_model", train)
+    monkeypatch.setattr(jobs, "run_job", run_job)
+
+
+def _argv(name: str, tmp_path: Path) -> list[str]:
+    return [a.replace("OUT", str(tmp_path)) for a in DEVICE_COMMANDS[name]]
+
+
+@pytest.mark.parametrize("name", list(DEVICE_COMMANDS))
+def test_device_cuda_without_cuda_fails_in_one_line_before_any_work(name, tmp_path, monkeypatch, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    seen: list = []
+    _spy_work(monkeypatch, seen)
+    for argv in (["--device", "cuda", *_argv(name, tmp_path)], [*_argv(name, tmp_path), "--device", "cuda:1"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("vitcompress: error: device: cuda") and "no CUDA" in err
+    assert seen == []  # refused before any model was loaded or job started
+    assert main([*_argv(name, tmp_path), "--device", "gpu"]) == 2
+    assert "device: 'gpu' is not one of auto|cpu|cuda|cuda:N" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", list(DEVICE_COMMANDS))
+def test_device_reaches_the_model_load_of_every_command(name, tmp_path, monkeypatch):
+    seen: list = []
+    _spy_work(monkeypatch, seen)
+    with pytest.raises(_Reached):
+        main([*_argv(name, tmp_path), "--device", "cpu"])
+    assert seen and seen[0][1] == "cpu", seen
+    seen.clear()
+    with pytest.raises(_Reached):
+        main(_argv(name, tmp_path))
+    assert seen[0][1] == "auto"  # the default: CUDA when present
+
+
+def test_device_cpu_runs_cost_and_inspect(tmp_path, capsys):
+    assert main([*_argv("cost", tmp_path), "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["macs"] > 0
+    assert main([*_argv("inspect", tmp_path), "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["points"]
+
+
+@pytest.mark.slow
+def test_device_cpu_runs_eval_and_compress_and_records_it(tmp_path, capsys):
+    assert main(["--device", "cpu", "--no-progress", *_argv("eval", tmp_path)]) == 0
+    assert "8 images" in capsys.readouterr().out
+    out = tmp_path / "job"
+    argv = ["compress", "ptq", "--model", "vit-fmnist", "--out", str(out), "--calib-size", "16", "--limit", "16"]
+    assert main([*argv, "--device", "cpu", "--recipe", "w8a8", "--no-progress"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["device"] == "cpu"

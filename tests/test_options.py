@@ -141,3 +141,18 @@ def test_method_command_builds_the_config_from_options_and_shared_values():
     )
     _, args = _parse(["--budget", "4"], skip=("seed",))
     assert command.config(args, {"seed": 3, "calib_size": 10}) == (4.0, 3, 10)
+
+
+def test_an_unset_job_wide_value_leaves_the_method_default():
+    # the job's --limit/--calib-size default None must not reach a method field whose own default is a number
+    @dataclass(frozen=True)
+    class Sized:
+        size: int = 1000
+
+        def __post_init__(self) -> None:
+            positive_int("size", self.size)
+
+    command = MethodCommand("x", "help", Sized)
+    args = argparse.Namespace(size=None)  # what the job's own --size option leaves when not given
+    assert command.config(args, {"size": None}).size == 1000
+    assert command.config(args, {"size": 64}).size == 64

@@ -23,7 +23,10 @@ def compress_(
     state_dir: str | Path | None = None,
     resume: bool = False,
 ) -> Result:
-    """Compress ``model`` in place with the method ``config`` selects.
+    """Compress ``model`` in place with the method ``config`` selects, on the model's device.
+
+    Every stage (calibration, search, training, evaluation) runs where ``model`` is: move it first
+    (``model.cuda()``) to compress on a GPU. The data may stay on the CPU; batches are moved as they are used.
 
     Args:
         model: a float timm ViT/DeiT/Swin (Evol-Q also takes a model quantized already).

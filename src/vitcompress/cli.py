@@ -1,21 +1,24 @@
 """The ``vitcompress`` console script: composes the commands that the config dataclasses declare.
 
 Every option is a field of a frozen dataclass (name, type, default and help in one place; see
-:mod:`vitcompress.options`). Global options (``-v``, ``--threads``, ``--data-root``, ``--progress``)
-work before or after the command name; ``--model``, ``--out``, ``--seed``, ``--calib-size`` and
+:mod:`vitcompress.options`). Global options (``-v``, ``--threads``, ``--device``, ``--data-root``,
+``--progress``) work before or after the command name; ``--model``, ``--out``, ``--seed``, ``--calib-size`` and
 ``--limit`` mean the same on every command that takes them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from vitcompress.errors import ConfigError, VitCompressError
 from vitcompress.options import MethodCommand, add_options, from_args, option
@@ -39,17 +42,23 @@ class GlobalOptions:
     Attributes:
         verbose: debug logging
         threads: torch CPU threads (default: torch's choice; bench: 1)
+        device: where the model is loaded and the work runs: auto (CUDA when present), cpu, cuda or cuda:N
+            (export traces a CPU copy; bench times ONNX Runtime and OpenVINO on the CPU, torch on this device)
         data_root: dataset folder (default: /usr/share/datasets/fashion-mnist, Debian's dataset-fashion-mnist)
         progress: progress bars on stderr
     """
 
     verbose: bool = option(False, flag="-v|--verbose", help="debug logging")
     threads: int | None = None
+    device: str = "auto"
     data_root: str | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
+        from vitcompress.device import resolve_device
+
         positive_int("threads", self.threads, optional=True)
+        resolve_device(self.device)  # a bad name or absent CUDA: one line, before any model loads
 
 
 @dataclass(frozen=True)
@@ -145,12 +154,18 @@ class ZooTrainOptions:
         state_dir: resumable training state (default: runs/zoo/NAME)
         out_dir: where NAME.safetensors/.json are written (default: the zoo)
         resume: continue from the state in --state-dir when there is one
+        max_steps: a detector only: stop after this global step of its recipe (checkpoint + STATE_DIR/model-stepN
+            to evaluate; run again without it to continue)
     """
 
     name: str = option(flag="name")
     state_dir: str | None = None
     out_dir: str | None = None
     resume: bool = True
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        positive_int("max_steps", self.max_steps, optional=True)
 
 
 def method_commands() -> dict[str, MethodCommand]:
@@ -262,26 +277,64 @@ def _zoo_list(args: argparse.Namespace, g: GlobalOptions) -> int:
                 "test_top1": m.get("test_top1"),
             }
         )
+    rows += _zoo_detector_rows()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for r in rows:
-        print(
-            f"{r['name']:<14} top1={r['test_top1']}  params={r['params']}  macs={r['macs']}\n"
-            f"{'':<14} {r['description']}"
-        )
+        score = f"top1={r['test_top1']}" if "test_top1" in r else f"bbox_map={r['bbox_map']}"
+        if not r.get("trained", True):
+            score = f"not trained: {r['train_command']}"
+        print(f"{r['name']:<15} {score}  params={r['params']}  macs={r['macs']}\n{'':<15} {r['description']}")
     return 0
 
 
+def _zoo_detector_rows() -> list[dict]:
+    """``zoo list`` rows of the reference detectors: trained (their manifest's box mAP) or not."""
+    from vitcompress.models.zoo import DETECTOR_ZOO
+
+    rows = []
+    for name, entry in DETECTOR_ZOO.items():
+        trained = entry.manifest.is_file() and entry.folder.is_dir()
+        m = json.loads(entry.manifest.read_text()) if trained else {}
+        rows.append(
+            {
+                "name": name,
+                "description": entry.description,
+                "trained": trained,
+                "train_command": entry.train_command,
+                "params": m.get("params"),
+                "macs": m.get("macs"),
+                "bbox_map": m.get("bbox_map"),
+            }
+        )
+    return rows
+
+
 def _zoo_train(args: argparse.Namespace, g: GlobalOptions) -> int:
-    from vitcompress.models.zoo import ZOO
+    from vitcompress.models.zoo import DETECTOR_ZOO, ZOO, zoo_names
     from vitcompress.train.zoo import train_zoo_model
 
     opts = from_args(ZooTrainOptions, args)
+    if opts.name in DETECTOR_ZOO:  # the scenes' reference detectors (vitcompress.train.detection's recipe)
+        from vitcompress.train.zoo import train_zoo_detector
+
+        state = opts.state_dir or f"runs/zoo/{opts.name}"
+        if not opts.resume and Path(state).exists():
+            raise ConfigError(f"resume: --no-resume with an existing state folder {state}: pass another --state-dir")
+        print(json.dumps(train_zoo_detector(opts.name, state, g.data_root, opts.out_dir, g.device, opts.max_steps)))
+        return 0
     if opts.name not in ZOO:
-        raise ConfigError(f"name must be one of {sorted(ZOO)}, got {opts.name!r}")
+        raise ConfigError(f"name must be one of {zoo_names()}, got {opts.name!r}")
+    if opts.max_steps is not None:
+        raise ConfigError(f"max_steps: only for the reference detectors {sorted(DETECTOR_ZOO)}")
     manifest = train_zoo_model(
-        opts.name, opts.state_dir or f"runs/zoo/{opts.name}", g.data_root, opts.out_dir, resume=opts.resume
+        opts.name,
+        opts.state_dir or f"runs/zoo/{opts.name}",
+        g.data_root,
+        opts.out_dir,
+        resume=opts.resume,
+        device=g.device,
     )
     print(json.dumps(manifest, indent=2))
     return 0
@@ -305,7 +358,9 @@ def _demo(args: argparse.Namespace, g: GlobalOptions) -> int:
     recipes = [resolve_recipe(p) for p in opts.presets]  # every name checked before any work
     rows = []
     for name in list_models():
-        job = JobConfig(ModelSource(name), calib_size=opts.calib_size, limit=opts.limit, data_root=g.data_root)
+        job = JobConfig(
+            ModelSource(name), calib_size=opts.calib_size, limit=opts.limit, data_root=g.data_root, device=g.device
+        )
         for recipe in recipes:
             m = run_job(job, recipe).metrics
             rows.append(m)
@@ -334,10 +389,13 @@ def _demo(args: argparse.Namespace, g: GlobalOptions) -> int:
 def _eval(args: argparse.Namespace, g: GlobalOptions) -> int:
     from vitcompress.data.source import DataSource
     from vitcompress.eval import evaluate
+    from vitcompress.models.detection import is_detector
     from vitcompress.models.source import ModelSource
 
     source, images, opts = from_args(ModelSource, args), from_args(DataSource, args), from_args(EvalOptions, args)
-    model = source.load()
+    model = source.load(g.device)
+    if is_detector(model):  # COCO mAP on the scenes' val split
+        return _eval_detector(source.model, model, images, opts, g)
     data = images.eval_set(model, g.data_root)
     m = evaluate(model, data, batch_size=opts.batch_size, limit=opts.limit)
     if opts.json:
@@ -350,6 +408,22 @@ def _eval(args: argparse.Namespace, g: GlobalOptions) -> int:
     return 0
 
 
+def _eval_detector(name: str, model, images, opts: EvalOptions, g: GlobalOptions) -> int:
+    from vitcompress.eval.task import detection_splits, evaluate_model
+
+    _, val, _ = detection_splits(model, images, g.data_root)
+    m = evaluate_model(model, val, batch_size=opts.batch_size, limit=opts.limit)  # batches capped for detectors
+    if opts.json:
+        print(json.dumps({"model": name, **m.as_dict()}, indent=2))
+        return 0
+    masks = f"  mask mAP {m.segm_map:.2f}" if m.segm_map is not None else ""
+    print(
+        f"{name}: box mAP {m.bbox_map:.2f}  mAP@.5 {m.bbox_map50:.2f}{masks}  "
+        f"({m.images} images, {m.images_per_s:.1f} images/s)"
+    )
+    return 0
+
+
 def _cost(args: argparse.Namespace, g: GlobalOptions) -> int:
     from vitcompress.config import resolve_recipe
     from vitcompress.cost import cost, format_table
@@ -358,7 +432,7 @@ def _cost(args: argparse.Namespace, g: GlobalOptions) -> int:
     from vitcompress.nn.convert import prepare, quantization_points
 
     source, opts = from_args(ModelSource, args), from_args(CostOptions, args)
-    model = source.load()
+    model = source.load(g.device)
     if opts.recipe:
         prepare(model, resolve_recipe(opts.recipe), zero_image(model, opts.input_size))
         for _, qz in quantization_points(model):  # bits are all cost needs: no calibration
@@ -375,7 +449,7 @@ def _inspect(args: argparse.Namespace, g: GlobalOptions) -> int:
 
     source, opts = from_args(ModelSource, args), from_args(InspectOptions, args)
     recipe = resolve_recipe(opts.recipe)  # checked before the model loads
-    found = inspect_model(source.load(), recipe, input_size=opts.input_size)
+    found = inspect_model(source.load(g.device), recipe, input_size=opts.input_size)
     print(json.dumps({"model": source.model, **found.to_dict()}, indent=2) if opts.json else format_inspection(found))
     return 0
 
@@ -384,7 +458,7 @@ def _compress(args: argparse.Namespace, g: GlobalOptions) -> int:
     from vitcompress.jobs import JobConfig, run_job
 
     command = method_commands()[args.method]
-    job = from_args(JobConfig, args, data_root=g.data_root)
+    job = from_args(JobConfig, args, data_root=g.data_root, device=g.device)
     if job.out is None:
         raise ConfigError("out: --out DIR is required (the output folder)")
     config = command.config(args, {"seed": job.seed, "calib_size": job.calib_size})
@@ -401,9 +475,12 @@ def _compress(args: argparse.Namespace, g: GlobalOptions) -> int:
 
 def summary_line(m: dict, out: str) -> str:
     """The line ``compress`` prints by default: accuracy, BOPs and size before and after."""
+    from vitcompress.eval.task import headline
+
+    what, fp, q = headline(m)  # top-1, or a detector's box mAP
     return (
-        f"{m['model']} / {m['method']} {m['recipe']}: top-1 {m['fp_top1']:.2f} -> {m['q_top1']:.2f} "
-        f"({m['q_top1'] - m['fp_top1']:+.2f} pt), rel. BOPs {m['rel_bops']:.4f}, size {m['fp_size_bytes']:,} -> "
+        f"{m['model']} / {m['method']} {m['recipe']}: {what} {fp:.2f} -> {q:.2f} "
+        f"({q - fp:+.2f} pt), rel. BOPs {m['rel_bops']:.4f}, size {m['fp_size_bytes']:,} -> "
         f"{m['size_bytes']:,} bytes; outputs in {out}"
     )
 
@@ -432,7 +509,7 @@ def _export(args: argparse.Namespace, g: GlobalOptions) -> int:
     from vitcompress.models.source import ModelSource
 
     images = from_args(DataSource, args)
-    return run_export(from_args(ModelSource, args), from_args(ExportOptions, args), images, g.data_root)
+    return run_export(from_args(ModelSource, args), from_args(ExportOptions, args), images, g.data_root, g.device)
 
 
 def _bench(args: argparse.Namespace, g: GlobalOptions) -> int:
@@ -441,13 +518,16 @@ def _bench(args: argparse.Namespace, g: GlobalOptions) -> int:
     from vitcompress.models.source import ModelSource
 
     images = from_args(DataSource, args)
-    return run_bench(from_args(ModelSource, args), from_args(BenchOptions, args), images, g.threads, g.data_root)
+    opts = from_args(BenchOptions, args)
+    return run_bench(from_args(ModelSource, args), opts, images, g.threads, g.data_root, g.device)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv``; errors are one line on stderr and exit status 2."""
     argv = sys.argv[1:] if argv is None else argv
     if "--no-progress" in argv:  # tqdm reads TQDM_DISABLE when it is imported (torch imports it): set it first
+        os.environ["TQDM_DISABLE"] = "1"
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 shows progress
         os.environ["TQDM_DISABLE"] = "1"
     args = build_parser().parse_args(argv)
     try:
@@ -461,7 +541,17 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(g.threads)
-        return args.run(args, g)
+        from vitcompress import distributed
+
+        distributed.init_from_env()  # under torchrun: join the group first, so `cuda` is this rank's own GPU
+        quiet = contextlib.nullcontext() if distributed.is_main() else contextlib.redirect_stdout(io.StringIO())
+        if not distributed.is_main():  # the other ranks do their share and stay silent: rank 0 logs and prints
+            logging.getLogger().setLevel(logging.WARNING)
+        try:
+            with quiet:
+                return args.run(args, g)
+        finally:
+            distributed.shutdown()
     except VitCompressError as e:
         message = " ".join(str(e).split())  # one line, whatever a wrapped library put in the message
         print(f"vitcompress: error: {message}", file=sys.stderr)

@@ -19,17 +19,20 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from vitcompress import outputs
+from vitcompress import distributed, outputs
 from vitcompress.api import compress_
 from vitcompress.cost import cost
 from vitcompress.data.calib import first_images
 from vitcompress.data.datasets import calibration_subset
 from vitcompress.data.folder import verify_images
 from vitcompress.data.source import DataSource
-from vitcompress.errors import StateError
-from vitcompress.eval.classification import Metrics, evaluate
+from vitcompress.device import describe, model_device, resolve_device
+from vitcompress.errors import StateError, UnsupportedModelError
+from vitcompress.eval.classification import Metrics
+from vitcompress.eval.task import accuracy_metrics, detection_splits, evaluate_model, layer_report_inputs
 from vitcompress.io import write_json, write_text
 from vitcompress.methods.registry import method_for
+from vitcompress.models.detection import is_detector
 from vitcompress.models.source import ModelSource
 from vitcompress.nn.convert import attention_summary, float_modules, quantization_points
 from vitcompress.options import option
@@ -42,6 +45,7 @@ from vitcompress.validate import integer, positive_int
 
 log = logging.getLogger(__name__)
 
+DETECTOR_METHODS = ("ptq", "flbq", "mixaq", "gpusq")  # the methods that take a detector (vitcompress.models.detection)
 REPORT_BATCH = 64  # calibration images the per-layer errors of the report are measured on
 
 
@@ -60,6 +64,8 @@ class JobConfig:
             left in OUT)
         overwrite: replace the earlier result in --out (and an unfinished run in OUT.partial)
         data_root: folder of the dataset (default: Debian's Fashion-MNIST).
+        device: where the model is loaded and every stage runs (``auto|cpu|cuda|cuda:N``; the CLI's global
+            ``--device``); the data is read on the CPU and moved batch by batch.
     """
 
     source: ModelSource
@@ -71,8 +77,10 @@ class JobConfig:
     resume: bool = False
     overwrite: bool = False
     data_root: str | None = option(None, cli=False)
+    device: str = option("auto", cli=False)
 
     def __post_init__(self) -> None:
+        resolve_device(self.device)  # a bad name or absent CUDA: one line, before any work
         positive_int("calib_size", self.calib_size, optional=True)
         positive_int("limit", self.limit, optional=True)
         integer("seed", self.seed, minimum=0)
@@ -99,7 +107,12 @@ class Baseline:
 
 
 def load_data(job: JobConfig, model: nn.Module, calib_size: int, needs_train: bool = False) -> JobData:
-    """The job's data, preprocessed for ``model``."""
+    """The job's data, preprocessed for ``model`` (a detector's: the embedded scenes, see ``eval.task``)."""
+    if is_detector(model):
+        train, test, preprocess = detection_splits(model, job.data, job.data_root, needs_train)
+        test = Subset(test, range(min(job.limit, len(test)))) if job.limit is not None else test
+        calib = calibration_subset(train, calib_size, seed=job.seed)
+        return JobData(train, calib, test, train if needs_train else None, preprocess)  # trained on the scenes
     train = job.data.train_set(model, job.data_root)
     test = job.data.eval_set(model, job.data_root)
     if job.limit is not None:
@@ -112,7 +125,7 @@ def load_data(job: JobConfig, model: nn.Module, calib_size: int, needs_train: bo
 
 def baseline_of(model: nn.Module, data: JobData) -> Baseline:
     """Accuracy and cost of the float model."""
-    return Baseline(evaluate(model, data.test), cost(model))
+    return Baseline(evaluate_model(model, data.test), cost(model))
 
 
 def run_job(job: JobConfig, config: Any, baseline: Baseline | None = None) -> Result:
@@ -127,32 +140,45 @@ def run_job(job: JobConfig, config: Any, baseline: Baseline | None = None) -> Re
     t0 = time.perf_counter()
     method = method_for(config)
     out = Path(job.out) if job.out is not None else None
+    distributed.init_from_env()  # under torchrun (nothing otherwise)
+    main = distributed.is_main()  # only rank 0 touches the output folder
     if out is not None:
-        outputs.check_output_folder(out, overwrite=job.overwrite, resume=job.resume)
-    model = job.source.load()
+        distributed.main_decides(lambda: outputs.check_output_folder(out, overwrite=job.overwrite, resume=job.resume))
+    model = job.source.load(job.device)
+    if is_detector(model) and method.name not in DETECTOR_METHODS:
+        raise UnsupportedModelError(
+            f"{method.name} does not take detectors yet; methods that do: {list(DETECTOR_METHODS)} (docs/detection.md)"
+        )
     if method.check is not None:
         method.check(model, config)
-    if out is not None:
+    if out is not None and main:
         outputs.check_free_space(out, output_bytes(model))
     calib_size = job.calib_size or getattr(config, "calib_size", None) or method.calib_size
     data = load_data(job, model, calib_size, method.needs_train_data)
     base = baseline or baseline_of(model, data)
     float_model = copy.deepcopy(model)
     # only now, the model, the data and the baseline being good, is anything written: into OUT.partial
-    work = outputs.begin(out, overwrite=job.overwrite, resume=job.resume) if out is not None else None
+    # (every rank gets rank 0's OUT.partial: the others read the state rank 0 sends them and write nothing)
+    work = (
+        distributed.main_decides(lambda: outputs.begin(out, overwrite=job.overwrite, resume=job.resume))
+        if out is not None
+        else None
+    )
     result = compress_(
         model, config, data.calib, train_data=data.train_augmented, eval_data=data.test, state_dir=work,
         resume=job.resume,
     )  # fmt: skip
-    q = evaluate(result.model, data.test)
+    q = evaluate_model(result.model, data.test)
     q_cost = result.cost if result.cost is not None else cost(result.model)
     common = common_metrics(job, method.name, result, base, q, q_cost, len(data.calib))
     result.metrics = {**common, "preprocess": data.preprocess, **result.metrics}
     result.metrics["seconds"] = time.perf_counter() - t0
-    if out is not None:
+    if out is not None and main:
         write_outputs(work, result, result.reference or float_model, data.calib)
         outputs.commit(work, out, {"writer": f"vitcompress compress {method.name}", "model": job.source.model})
+    if out is not None:
         result.out = out
+    distributed.barrier()
     return result
 
 
@@ -173,13 +199,7 @@ def common_metrics(
         "method": method,
         "recipe": _recipe_name(result),
         "seed": job.seed,
-        "fp_top1": fp.top1,
-        "q_top1": q.top1,
-        "fp_top5": fp.top5,
-        "q_top5": q.top5,
-        "fp_loss": fp.loss,
-        "q_loss": q.loss,
-        "eval_images": q.images,
+        **accuracy_metrics(fp, q),  # top-1/top-5/loss, or a detector's COCO box (and mask) mAP
         "macs": q_cost.macs,
         "bops": q_cost.bops,
         "fp_bops": fp_cost.bops,
@@ -189,6 +209,7 @@ def common_metrics(
         "fp_size_bytes": fp_cost.size_bytes,
         "size_reduction": fp_cost.size_bytes / max(1, q_cost.size_bytes),
         "calib_size": calib_size,
+        **describe(model_device(result.model)),
         **coverage(result.model),
     }
 
@@ -223,7 +244,8 @@ def write_outputs(out: Path, result: Result, reference: nn.Module, calib: Datase
         save(result.model, out / "model")
     layers, charts = [], []
     if result.layer_report:
-        layers = layer_stats(reference, result.model, first_images(calib, REPORT_BATCH))
+        x = first_images(calib, REPORT_BATCH, device=model_device(result.model))
+        layers = layer_stats(*layer_report_inputs(reference, result.model, x))
         charts = _layer_charts(out, layers, f"{m['model']} / {m['recipe']}")
         m["layers"] = [
             {k: None if isinstance(v, float) and math.isinf(v) else v for k, v in r.__dict__.items()} for r in layers

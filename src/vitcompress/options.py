@@ -229,5 +229,8 @@ class MethodCommand:
     def config(self, args: argparse.Namespace, shared: dict[str, Any]) -> Any:
         """The method's config from parsed ``args``; ``shared`` fills the fields that are job options."""
         names = {f.name for f in dataclasses.fields(self.options)}
-        opts = from_args(self.options, args, **{k: v for k, v in shared.items() if k in names and v is not None})
+        # a job-wide value left unset (None) leaves the method's own default, not None, in its config
+        unset = {k for k, v in shared.items() if k in names and v is None}
+        own = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in unset})
+        opts = from_args(self.options, own, **{k: v for k, v in shared.items() if k in names and v is not None})
         return self.build(opts, shared) if self.build else opts

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vitcompress.data.datasets import make_loader
+from vitcompress.data.datasets import base_dataset, make_loader
 from vitcompress.device import to_device
 from vitcompress.errors import DataError
 from vitcompress.validate import positive_int
@@ -34,10 +34,17 @@ def iter_images(
     Raises:
         DataError: the data is empty, an item is not an image tensor, or a batch holds NaN/Inf (naming the batch).
     """
-    batches = make_loader(calib, batch_size) if isinstance(calib, Dataset) else calib
+    if isinstance(calib, Dataset):  # a dataset may batch its own way (detection scenes: lists of images)
+        collate = getattr(base_dataset(calib), "collate_fn", None)
+        pin = device is not None and torch.device(device).type == "cuda"
+        batches = make_loader(calib, batch_size, collate_fn=collate, pin_memory=pin)
+    else:
+        batches = calib
     seen = 0
     for i, batch in enumerate(batches):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if isinstance(x, (tuple, list)):  # a list of (C, H, W) images, e.g. (images, targets) of a detection batch
+            x = _stack_images(x, i)
         if not isinstance(x, torch.Tensor):
             raise DataError(f"calibration batch {i} is a {type(x).__name__}, expected a tensor of images")
         if x.dim() == 3:  # one (C, H, W) image
@@ -52,6 +59,19 @@ def iter_images(
         yield x if device is None else to_device(x, device)
     if seen == 0:
         raise DataError("calibration data is empty: pass at least one image")
+
+
+def _stack_images(images: list | tuple, i: int) -> torch.Tensor | list:
+    """A list of (C, H, W) images of one size as an (N, C, H, W) batch (detection scenes are one size)."""
+    if not images or not all(isinstance(x, torch.Tensor) and x.dim() == 3 for x in images):
+        return list(images)  # not images: the caller names the type
+    shapes = sorted({tuple(x.shape) for x in images})
+    if len(shapes) > 1:
+        raise DataError(
+            f"calibration batch {i} holds images of different sizes {shapes[:3]}: calibration batches images of "
+            "one size (resize them, or build the scenes at one image_size)"
+        )
+    return torch.stack(list(images))
 
 
 def first_batches(
@@ -112,3 +132,16 @@ def cache_batches(
 ) -> list[torch.Tensor]:
     """All calibration batches as a list (small calibration sets are reused by searches)."""
     return first_batches(calib, None, batch_size, device=device)
+
+
+def count_batches(calib: CalibData, batch_size: int = 64, n: int | None = None) -> int | None:
+    """How many batches :func:`iter_images` yields from ``calib`` (the first ``n`` images only when given): a
+    progress bar's total; None when ``calib`` does not say its length (a one-shot iterator)."""
+    try:
+        length = len(calib)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    if isinstance(calib, Dataset):
+        images = length if n is None else min(n, length)
+        return -(-images // batch_size)
+    return length  # a loader or a list of batches: its own batches

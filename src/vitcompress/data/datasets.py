@@ -313,6 +313,7 @@ def make_loader(
     seed: int = 0,
     collate_fn: Callable | None = None,
     workers: int | None = None,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A deterministic DataLoader.
 
@@ -320,6 +321,7 @@ def make_loader(
         workers: decoding processes; None = what the dataset asks for (an image folder from
             :class:`~vitcompress.data.source.DataSource`: its ``workers``; in-memory data such as
             Fashion-MNIST: 0). The batches, and their order, do not depend on it.
+        pin_memory: batches in page-locked memory (for a CUDA model: the copy to the GPU then overlaps).
     """
     n = loader_workers(dataset) if workers is None else workers
     integer("workers", n, minimum=0)
@@ -332,6 +334,7 @@ def make_loader(
         num_workers=n,
         collate_fn=collate_fn,
         worker_init_fn=_seed_worker if n else None,
+        pin_memory=pin_memory,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from vitcompress.data.datasets import check_labels, make_loader
+from vitcompress.device import model_device, synchronize, to_device
 from vitcompress.errors import DataError
 from vitcompress.models.inputs import declared_channels, declared_size
 from vitcompress.validate import positive_int
@@ -75,6 +77,18 @@ def _check_output(logits: torch.Tensor, y: torch.Tensor, i: int, first: int) -> 
     check_labels(y, logits.shape[1], where)
 
 
+def _batches(loader: Iterable, limit: int | None) -> int | None:
+    """How many batches the evaluation reads (the progress bar's total), None when the data does not say."""
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    size = getattr(loader, "batch_size", None)
+    if limit is not None and size:
+        n = min(n, math.ceil(limit / size))
+    return n
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -83,7 +97,8 @@ def evaluate(
     limit: int | None = None,
     workers: int | None = None,
 ) -> Metrics:
-    """Evaluate ``model`` (put in eval mode) on ``data``; deterministic for a given model and data.
+    """Evaluate ``model`` (put in eval mode) on ``data``, on the model's device; deterministic for a given model
+    and data.
 
     Args:
         data: a Dataset of (image, label), or a DataLoader / any iterable of (images, labels) batches.
@@ -103,18 +118,22 @@ def evaluate(
     model.eval()
     if isinstance(data, Dataset) and limit is not None:
         data = Subset(data, range(min(limit, len(data))))
-    loader = make_loader(data, batch_size, workers=workers) if isinstance(data, Dataset) else data
+    device = model_device(model)
+    pin = device.type == "cuda"
+    loader = make_loader(data, batch_size, workers=workers, pin_memory=pin) if isinstance(data, Dataset) else data
     correct1 = correct5 = seen = 0
     loss_sum, seconds = 0.0, 0.0
-    bar = tqdm(loader, desc="eval", leave=False, mininterval=1.0)
+    bar = tqdm(loader, desc="eval", leave=False, mininterval=1.0, total=_batches(loader, limit))
     for i, (x, y) in enumerate(bar):
         if limit is not None and seen >= limit:
             break
         if limit is not None:
             x, y = x[: limit - seen], y[: limit - seen]
+        x, y = to_device((x, y), device)
         _check_batch(model, x, i, seen)
         t0 = time.perf_counter()
         logits = model(x)
+        synchronize(device)
         seconds += time.perf_counter() - t0
         _check_output(logits, y, i, seen)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()

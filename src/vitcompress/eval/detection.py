@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from vitcompress.data.datasets import base_dataset, make_loader
+from vitcompress.device import model_device, synchronize, to_device
 from vitcompress.errors import DataError
 from vitcompress.validate import one_of, positive_int
 
@@ -187,8 +188,8 @@ def evaluate_detection(
     """Evaluate a torchvision-style detector (put in eval mode) with COCO's AP; deterministic.
 
     Args:
-        model: takes a list of (C, H, W) images, returns one dict per image (``boxes``, ``scores``,
-            ``labels`` as COCO category ids, and ``masks`` for instance segmentation).
+        model: takes a list of (C, H, W) images (moved to its device), returns one dict per image (``boxes``,
+            ``scores``, ``labels`` as COCO category ids, and ``masks`` for instance segmentation).
         data: a dataset of (image, target) with a ``coco`` annotation dict (:class:`SceneDataset`), or a
             ``Subset`` of one; targets carry the ``image_id``.
         batch_size: images per forward (>= 1).
@@ -211,11 +212,14 @@ def evaluate_detection(
     from vitcompress.data.scenes import collate_detection
 
     model.eval()
+    device = model_device(model)
     loader = make_loader(data, batch_size, collate_fn=collate_detection, workers=workers)
     box_results, mask_results, image_ids, seconds = [], [], [], 0.0
     for images, targets in tqdm(loader, total=len(loader), desc="eval", leave=False, mininterval=1.0):
+        images = to_device(images, device)
         t0 = time.perf_counter()
         outputs = model(images)
+        synchronize(device)
         seconds += time.perf_counter() - t0
         for output, target in zip(outputs, targets):
             image_id = int(target["image_id"])

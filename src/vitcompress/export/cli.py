@@ -114,10 +114,15 @@ class BenchOptions(QuantizeFirst):
 
 
 def load_for_export(
-    source: ModelSource, opts: QuantizeFirst, images: DataSource | None = None, data_root: str | None = None
+    source: ModelSource,
+    opts: QuantizeFirst,
+    images: DataSource | None = None,
+    data_root: str | None = None,
+    device: str | None = None,
 ) -> nn.Module:
-    """The model ``source`` names: restored quantized from a folder, or loaded (and quantized with ``opts.recipe``)."""
-    model = source.load()
+    """The model ``source`` names, on ``device``: restored quantized from a folder, or loaded (and quantized with
+    ``opts.recipe``, the calibration running on ``device``)."""
+    model = source.load(device)
     if source.folder is None and opts.recipe:
         from vitcompress.config import resolve_recipe
         from vitcompress.data import calibration_subset
@@ -131,15 +136,20 @@ def load_for_export(
 
 
 def run_export(
-    source: ModelSource, opts: ExportOptions, images: DataSource | None = None, data_root: str | None = None
+    source: ModelSource,
+    opts: ExportOptions,
+    images: DataSource | None = None,
+    data_root: str | None = None,
+    device: str | None = None,
 ) -> int:
-    """``vitcompress export``: write the ONNX file and print what was exported."""
+    """``vitcompress export``: write the ONNX file and print what was exported (a model quantized on ``device``
+    is traced from a CPU copy)."""
     from vitcompress.export.convert import Layout
     from vitcompress.export.onnx_export import check_export_args, export_onnx
 
     check_export_args(opts.precision, opts.opset, opts.policy, Path(opts.out))  # fail before loading / calibrating
     report = export_onnx(
-        load_for_export(source, opts, images, data_root),
+        load_for_export(source, opts, images, data_root, device),
         opts.out,
         precision=opts.precision,
         opset=opts.opset,
@@ -155,6 +165,7 @@ def run_export(
         f"{opts.out}: {report.precision}, opset {report.opset}, input {list(report.input_shape)} (batch dynamic), "
         f"{d['integer_points']} integer / {d['float_points']} float quantization points, "
         f"{len(report.float_modules)} float modules, {report.seconds:.1f} s"
+        + (f" (traced from a CPU copy of the {report.model_device} model)" if report.model_device != "cpu" else "")
     )
     for m in report.float_modules:
         print(f"  float: {m['name'] or '<model>'} ({m['type']}): {m['why']}")
@@ -173,12 +184,14 @@ def run_bench(
     images: DataSource | None = None,
     threads: int | None = None,
     data_root: str | None = None,
+    device: str | None = None,
 ) -> int:
-    """``vitcompress bench``: time torch FP32 and each runtime's FP32 and INT8; print the table or JSON."""
+    """``vitcompress bench``: time torch FP32 (on ``device``) and each runtime's FP32 and INT8 (on the CPU); print
+    the table or JSON."""
     from vitcompress.export.bench import benchmark_deploy, format_bench
 
     result = benchmark_deploy(
-        load_for_export(source, opts, images, data_root),
+        load_for_export(source, opts, images, data_root, device),
         batches=tuple(opts.batch),
         threads=threads or 1,
         warmup=opts.warmup,

@@ -11,15 +11,19 @@ writes exactly the nodes the ``symbolic`` asks for (checked by the tests).
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from vitcompress.device import model_device
 from vitcompress.errors import ConfigError, DataError, StateError, UnsupportedModelError
 from vitcompress.export.convert import POLICIES, Layout, PointExport, to_export_model
 from vitcompress.io import atomic_path
@@ -47,6 +51,7 @@ class ExportReport:
         seconds: export time.
         float_modules: int8: every module with weights or an activation matmul that no quantizer
             covers (``{"name", "type", "why"}``), exported in float; empty for fp32.
+        model_device: where the model was; the export always traces on the CPU (a CPU copy of a model elsewhere).
     """
 
     path: str
@@ -56,6 +61,7 @@ class ExportReport:
     points: tuple[PointExport, ...] = field(default=())
     seconds: float = 0.0
     float_modules: tuple[dict[str, str], ...] = field(default=())
+    model_device: str = "cpu"
 
     @property
     def changed_points(self) -> list[PointExport]:
@@ -73,6 +79,8 @@ class ExportReport:
             "integer_points": sum(p.exported_as != "float" for p in self.points),
             "float_points": sum(p.exported_as == "float" for p in self.points),
             "float_modules": [dict(m) for m in self.float_modules],
+            "model_device": self.model_device,
+            "traced_on": "cpu",
         }
 
 
@@ -100,13 +108,24 @@ def _float_copy(model: nn.Module) -> nn.Module:
     """The model itself if float; else a copy with every quantizer disabled (= the float model)."""
     if not any(isinstance(m, Quantizer) for m in model.modules()):
         return model
-    import copy
-
     out = copy.deepcopy(model)
     for m in out.modules():
         if isinstance(m, Quantizer):
             m.enabled = False
     return out
+
+
+def cpu_copy(model: nn.Module) -> nn.Module:
+    """``model`` itself on the CPU; else a CPU copy (``model`` stays where it is). The parameters and buffers are
+    copied straight to the host, so the device never holds the model twice."""
+    if model_device(model).type == "cpu":
+        return model
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(p.detach().cpu(), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = b.detach().cpu()
+    return copy.deepcopy(model, memo).cpu()  # .cpu(): tensors a module keeps outside its parameters and buffers
 
 
 def check_export_args(precision: str, opset: int, policy: str, path: Path) -> None:
@@ -149,6 +168,8 @@ def export_onnx(
         input_size: image size, one value (square) or (height, width), for a model that does not say
             its own (no timm ``patch_embed``, ``pretrained_cfg`` or ``config.image_size``).
 
+    The export works from a CPU copy of a model on another device (``model`` is not moved).
+
     Returns:
         An :class:`ExportReport`.
 
@@ -168,17 +189,24 @@ def export_onnx(
         )
     precision = precision if precision != "auto" else ("int8" if quantized else "fp32")
     shape = input_shape(model, batch, input_size)  # fail before converting
+    where = str(model_device(model))
+    model = cpu_copy(model)  # traced on the CPU: the ONNX file's constants are host tensors whatever the device
     t0 = time.perf_counter()
     points: list[PointExport] = []
     floats: tuple[dict[str, str], ...] = ()
-    if precision == "int8":
-        floats = _float_modules(model)
-        graph_model, points = to_export_model(model, policy, layout)
-    else:
-        graph_model = _float_copy(model)
-    check_runs(graph_model, shape[1:])  # a size the model cannot run: one line naming --input-size
-    _trace(graph_model.eval(), shape, path, opset)
-    report = ExportReport(str(path), precision, opset, shape, tuple(points), time.perf_counter() - t0, floats)
+    with tqdm(total=3, desc=f"export {precision}", leave=False) as bar:  # convert, check, trace
+        if precision == "int8":
+            floats = _float_modules(model)
+            graph_model, points = to_export_model(model, policy, layout)
+        else:
+            graph_model = _float_copy(model)
+        bar.update()
+        check_runs(graph_model, shape[1:])  # a size the model cannot run: one line naming --input-size
+        bar.update()
+        _trace(graph_model.eval(), shape, path, opset)
+        bar.update()
+    seconds = time.perf_counter() - t0
+    report = ExportReport(str(path), precision, opset, shape, tuple(points), seconds, floats, model_device=where)
     changed = report.changed_points
     if changed:
         log.warning(

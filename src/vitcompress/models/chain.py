@@ -142,6 +142,10 @@ def model_chain(
         ConfigError: unknown ``target``.
         UnsupportedModelError: another architecture, or the chain disagrees with the model.
     """
+    if hasattr(model, "detector_config"):  # a detector: its transformer and feature pyramid
+        from vitcompress.models.detection.chain import detector_chain
+
+        return detector_chain(model, target, check)
     module = None
     if target not in TARGETS:
         module = dict(model.named_modules()).get(target) if target else None

@@ -157,8 +157,9 @@ def check_runs(model: nn.Module, shape: tuple[int, int, int]) -> None:
 
 
 def zero_image(model: nn.Module, input_size: SizeArg = None, in_chans: int | None = None) -> torch.Tensor:
-    """A (1, C, H, W) zero image of :func:`resolve_input_shape`'s shape on the model's device (the input of a
-    probing or tracing forward). Raises ConfigError as that function does."""
+    """A (1, C, H, W) zero image of :func:`resolve_input_shape`'s shape on the model's device, in its float dtype
+    (the input of a probing or tracing forward). Raises ConfigError as that function does."""
     shape = resolve_input_shape(model, input_size, in_chans)
     p = next(iter(model.parameters()), None)
-    return torch.zeros(1, *shape, device=p.device if p is not None else "cpu")
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    return torch.zeros(1, *shape, device=p.device if p is not None else "cpu", dtype=dtype)

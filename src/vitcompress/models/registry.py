@@ -13,7 +13,7 @@ from vitcompress.data.datasets import InputSpec
 from vitcompress.errors import CheckpointError, ConfigError, UnsupportedModelError
 from vitcompress.models.checkpoint import load_weights
 from vitcompress.models.timm_args import as_timm_value, create_timm_model
-from vitcompress.models.zoo import ZOO, build_zoo_model
+from vitcompress.models.zoo import DETECTOR_ZOO, ZOO, build_zoo_model, zoo_names
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,17 @@ def load_model(
                 "checkpoint, num_classes, in_chans and model arguments do not apply"
             )
         return load_hf(name[len("hf:") :])
+    if name in DETECTOR_ZOO:  # a reference detector: its trained folder in the zoo, or a one-line error
+        from vitcompress.models.detection.source import load_zoo_detector
+
+        return load_zoo_detector(name, checkpoint)
+    if name.startswith("det:"):  # a detector on a timm backbone (vitcompress.models.detection)
+        from vitcompress.models.detection.source import load_detector
+
+        extra = {k: v for k, v in (("num_classes", num_classes), ("in_chans", in_chans)) if v is not None}
+        return load_detector(name, checkpoint, **extra, **kwargs)
     raise UnsupportedModelError(
-        f"unknown model {name!r}: known names are {list_models()}, 'timm:<name>' for any timm model, "
+        f"unknown model {name!r}: known names are {zoo_names()}, 'timm:<name>' for any timm model, "
         "or 'hf:<folder>' for a Hugging Face ViT/DeiT/Swin image classifier"
     )
 

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from vitcompress.device import model_device, resolve_device
 from vitcompress.errors import ConfigError
 from vitcompress.models.registry import load_model
 from vitcompress.models.timm_args import parse_model_args
 from vitcompress.options import option
 from vitcompress.validate import positive_int
 
+log = logging.getLogger(__name__)
 SHORTHANDS = ("num_classes", "in_chans", "img_size")
 
 
@@ -88,14 +92,32 @@ class ModelSource:
             return None
         return path / "model" if (path / "model").is_dir() else path
 
-    def load(self) -> nn.Module:
-        """The model in eval mode: restored from a folder (quantized), or built float by :func:`load_model`."""
+    def load(self, device: str | torch.device | None = None) -> nn.Module:
+        """The model in eval mode: restored from a folder (quantized), or built float by :func:`load_model`.
+
+        Args:
+            device: where the model goes (``auto|cpu|cuda|cuda:N``, see
+                :func:`~vitcompress.device.resolve_device`); None: where it was loaded (the CPU). Checked before
+                the model is read.
+        """
+        target = None if device is None else resolve_device(device)
+        model = self._load()
+        if target is not None and model_device(model) != target:
+            model = model.to(target)
+            log.info("model %s on %s", self.model, target)
+        return model
+
+    def _load(self) -> nn.Module:
         folder = self.folder
         if folder is not None:
             from vitcompress.quantize import RECIPE_FILE, restore
 
             if (folder / "config.json").is_file() and not (folder / RECIPE_FILE).is_file():
                 raise ConfigError(f"model: {folder} looks like a Hugging Face folder: name it hf:{self.model}")
+            from vitcompress.models.detection.source import is_detector_folder, load_detector_folder
+
+            if is_detector_folder(folder) and not (folder / RECIPE_FILE).is_file():  # a float detector
+                return load_detector_folder(folder)
             return restore(folder)
         kwargs = self.timm_kwargs() if self.model.startswith("timm:") else {}
         if self.checkpoint is not None:

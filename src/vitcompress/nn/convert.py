@@ -21,6 +21,7 @@ from timm.models.swin_transformer import WindowAttention
 from torch import nn
 
 from vitcompress.config import Recipe
+from vitcompress.device import model_device
 from vitcompress.errors import ConfigError, UnsupportedModelError
 from vitcompress.nn.attention import ATTN_POINTS, QuantAttention, QuantWindowAttention
 from vitcompress.nn.edges import resolve_edges
@@ -126,7 +127,11 @@ def prepare(model: nn.Module, recipe: Recipe, example_input: torch.Tensor | None
         )
     if floats:
         log.warning("leaving %d modules in float: %s", len(floats), ", ".join(f.name or "<model>" for f in floats))
+    device = model_device(model)
     _convert(model, recipe, "", plan)
+    for m in model.modules():  # quantizers are built on the CPU: they go where the model is
+        if isinstance(m, Quantizer):
+            m.to(device)
     setattr(model, FLOAT_ATTR, tuple(floats))
     setattr(model, FLOAT_ATTENTION_ATTR, tuple(plan.float_attention))
     names = [name for name, _ in quantization_points(model)]

@@ -9,7 +9,8 @@ model it is applied to:
 - ``@stem``: the module timm's ``pretrained_cfg["first_conv"]`` names (each, when it names several);
   without one, the first ``nn.Conv2d`` / ``nn.Linear`` registered in the model;
 - ``@head``: the module(s) ``get_classifier()`` returns (a tuple for distilled models); without that
-  method, the last ``nn.Linear`` registered in the model.
+  method, the last ``nn.Linear`` registered in the model. A detector names its heads itself
+  (``vitcompress_heads``): every layer after the transformer, i.e. the feature pyramid and the detection heads.
 
 The rest of the pattern follows the module name: ``@stem.*`` becomes ``patch_embed.proj.*``. An edge the
 model does not have (``num_classes=0``: the classifier is an ``Identity``) is dropped from the recipe.
@@ -27,6 +28,7 @@ from vitcompress.config import Recipe
 log = logging.getLogger(__name__)
 
 STEM, HEAD = "@stem", "@head"
+HEADS_ATTR = "vitcompress_heads"  # names of the modules a model calls its heads (set by build_detector)
 EDGES = (STEM, HEAD)
 _WEIGHTED = (nn.Linear, nn.Conv2d)
 
@@ -49,7 +51,12 @@ def stem_modules(model: nn.Module) -> list[str]:
 
 
 def head_modules(model: nn.Module) -> list[str]:
-    """Names of the model's classifier(s): ``get_classifier()`` (timm), else the last registered linear."""
+    """Names of the model's classifier(s): the modules a model names as its heads (``vitcompress_heads``: a
+    detector's pyramid and detection heads), else ``get_classifier()`` (timm), else the last registered linear."""
+    named = getattr(model, HEADS_ATTR, None)
+    if isinstance(named, (tuple, list)):
+        modules = dict(model.named_modules())
+        return [n for n in named if n in modules]
     get = getattr(model, "get_classifier", None)
     if callable(get):
         heads = get()

@@ -38,7 +38,8 @@ from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from vitcompress.config import QuantSpec
-from vitcompress.data.calib import iter_images
+from vitcompress.data.calib import count_batches, iter_images
+from vitcompress.device import model_device
 from vitcompress.errors import ConfigError, UnsupportedModelError
 from vitcompress.quant import Quantizer, UniformQuantizer
 
@@ -229,11 +230,12 @@ def _channel_qparams(
     observers, handles = {}, []
     for p in pairs:
         norm = model.get_submodule(p.norm)
-        qz = UniformQuantizer(channel_spec, f"{p.norm}.reparam", -1, norm.normalized_shape[0])
+        qz = UniformQuantizer(channel_spec, f"{p.norm}.reparam", -1, norm.normalized_shape[0]).to(norm.weight.device)
         observers[p.norm] = qz
         handles.append(norm.register_forward_hook(lambda _m, _i, out, q=qz: q.observe(out)))
+    batches = iter_images(calib, batch_size, device=model_device(model))
     try:
-        for x in tqdm(iter_images(calib, batch_size), desc="reparam statistics", leave=False):
+        for x in tqdm(batches, desc="reparam statistics", leave=False, total=count_batches(calib, batch_size)):
             model(x)
     finally:
         for h in handles:
@@ -285,7 +287,7 @@ def reparameterize_(model: nn.Module, calib: Iterable, spec: QuantSpec, batch_si
     """
     if any(isinstance(m, Quantizer) for m in model.modules()):
         raise UnsupportedModelError("reparameterization runs on the float model, before prepare; got a quantized one")
-    first = next(iter(iter_images(calib, batch_size)), None)
+    first = next(iter(iter_images(calib, batch_size, device=model_device(model))), None)
     if first is None:
         raise ConfigError("reparam needs calibration images; calib is empty")
     pairs = find_norm_consumers(model, first[:8])

@@ -71,7 +71,11 @@ class LogSqrt2Quantizer(Quantizer):
     def candidates(self) -> torch.Tensor:
         """The scales tried: observed max, high percentiles, and 1 (float64, positive)."""
         h = self._hist
-        values = [h.max[0], *(h.quantile(p)[0] for p in PERCENTILES), torch.ones((), dtype=torch.float64)]
+        values = [
+            h.max[0],
+            *(h.quantile(p)[0] for p in PERCENTILES),
+            torch.ones((), dtype=torch.float64, device=h.max.device),
+        ]
         return torch.stack(values).clamp_min(1e-8)
 
     def compute_qparams(self) -> None:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from vitcompress.config import Reconstruction
 from vitcompress.data.calib import first_batches
+from vitcompress.device import model_device
 from vitcompress.errors import StateError, UnsupportedModelError
 from vitcompress.models.chain import Step, model_chain
 from vitcompress.recon.adaround import AdaRound
@@ -150,7 +151,8 @@ def _learn_unit(model: nn.Module, unit: Unit, step: Step, streams: tuple, config
     rounding = [AdaRound(layer) for _, layer in unit.layers]
     done = False
     try:
-        with frozen(model), _no_bias_correction(unit):
+        # gradients on even when the caller quantizes inside torch.no_grad() (an inference script's habit)
+        with frozen(model), _no_bias_correction(unit), torch.enable_grad():
             _Learner(unit, step, config, x_q.device, config.seed * 100_003 + unit.step).learn(x_q, x_fp, y_fp, rounding)
         done = True
     finally:
@@ -169,7 +171,7 @@ def _learn_unit(model: nn.Module, unit: Unit, step: Step, streams: tuple, config
 
 
 def _images(calib: Any, device: torch.device) -> torch.Tensor:
-    return torch.cat(first_batches(calib, None, CHUNK)).to(device)
+    return torch.cat(first_batches(calib, None, CHUNK, device=device))
 
 
 def _load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -222,7 +224,7 @@ def reconstruct_(
     """
     t0 = time.perf_counter()
     config = config or Reconstruction()
-    device = next(model.parameters()).device
+    device = model_device(model)
     model.eval()
     images = _images(calib, device)
     try:
@@ -247,7 +249,7 @@ def reconstruct_(
     for i in range(first):
         x_q = _run(chain.steps[i], x_q)
     seconds_before = state["seconds"] if state else 0.0
-    for unit in units[first:]:
+    for unit in tqdm(units[first:], desc="reconstruct blocks", initial=first, total=len(units), leave=False):
         step = chain.steps[unit.step]
         with quantizers_off(model):
             y_fp = _run(step, x_fp)

@@ -12,6 +12,27 @@ def _fmt_db(v: float) -> str:
     return "exact" if math.isinf(v) else f"{v:.1f}"
 
 
+# metrics.json accuracy keys (fp_<key>, q_<key>) -> row label: a classifier's, a detector's (COCO AP, 0-100)
+ACCURACY_ROWS = {
+    "top1": "top-1 (%)",
+    "top5": "top-5 (%)",
+    "bbox_map": "box mAP",
+    "bbox_map50": "box mAP@.5",
+    "bbox_map75": "box mAP@.75",
+    "segm_map": "mask mAP",
+    "segm_map50": "mask mAP@.5",
+}
+
+
+def _accuracy_rows(m: dict) -> list[str]:
+    rows = []
+    for key, label in ACCURACY_ROWS.items():
+        fp, q = m.get(f"fp_{key}"), m.get(f"q_{key}")
+        if fp is not None and q is not None:
+            rows.append(f"| {label} | {fp:.2f} | {q:.2f} | {q - fp:+.2f} |")
+    return rows
+
+
 def compression_report(metrics: dict, layers: Sequence[LayerQuantStats], charts: Sequence[str]) -> str:
     """Report text: accuracy FP vs compressed, cost, and a per-layer table of bits and error."""
     m = metrics
@@ -23,8 +44,7 @@ def compression_report(metrics: dict, layers: Sequence[LayerQuantStats], charts:
         "",
         "| | FP32 | compressed | change |",
         "|---|---:|---:|---:|",
-        f"| top-1 (%) | {m['fp_top1']:.2f} | {m['q_top1']:.2f} | {m['q_top1'] - m['fp_top1']:+.2f} |",
-        f"| top-5 (%) | {m['fp_top5']:.2f} | {m['q_top5']:.2f} | {m['q_top5'] - m['fp_top5']:+.2f} |",
+        *_accuracy_rows(m),
         f"| MACs | {m['macs']:,} | {m['macs']:,} | |",
         f"| BOPs | {m['fp_bops']:,} | {m['bops']:,} | ×{m['fp_bops'] / max(m['bops'], 1):.1f} fewer |",
         f"| size (bytes) | {m['fp_size_bytes']:,} | {m['size_bytes']:,} | "

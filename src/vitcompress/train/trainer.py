@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import time
 import warnings
@@ -33,7 +32,9 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
+from vitcompress import distributed
 from vitcompress.data.datasets import check_labels, model_classes
+from vitcompress.device import model_device, to_device
 from vitcompress.errors import ConfigError, DataError, StateError, VitCompressError, first_line
 from vitcompress.io import atomic_path
 from vitcompress.models.checkpoint import load_error
@@ -93,11 +94,8 @@ class TrainConfig:
 
 def init_distributed() -> tuple[int, int]:
     """``(rank, world_size)``; initialises the process group under torchrun (``WORLD_SIZE`` > 1)."""
-    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    distributed.init_from_env()  # one GPU per process: "cuda" means this rank's from here on
+    return distributed.rank(), distributed.world_size()
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -152,17 +150,24 @@ class _Sigterm:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _any_rank(flag: bool, world: int) -> bool:
+def _collective_device(model: nn.Module) -> torch.device:
+    """Where a tensor for a collective lives: NCCL reduces device tensors only, gloo host ones."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return model_device(model)
+    return torch.device("cpu")
+
+
+def _any_rank(flag: bool, world: int, device: torch.device | None = None) -> bool:
     if world == 1:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t)
     return bool(t.item() > 0)
 
 
-def _mean_logs(logs: list[dict], world: int) -> dict[str, float]:
+def _mean_logs(logs: list[dict], world: int, device: torch.device | None = None) -> dict[str, float]:
     keys = sorted(logs[0])
-    t = torch.tensor([[float(d[k]) for k in keys] for d in logs], dtype=torch.float64).mean(0)
+    t = torch.tensor([[float(d[k]) for k in keys] for d in logs], dtype=torch.float64, device=device).mean(0)
     if world > 1:
         dist.all_reduce(t)
         t /= world
@@ -207,6 +212,7 @@ class _Loop:
         self.start, self.seconds, self.history, self.window = 0, 0.0, [], []
         self.gens = _augment_generators(dataset)
         self.net = model
+        self.device, self.reduce_on = model_device(model), _collective_device(model)
 
     def resume(self) -> None:
         """Load ``trainer_state.pt`` when present.
@@ -255,11 +261,12 @@ class _Loop:
         shard = idx.view(self.world, -1)[self.rank]  # (batch / world,) contiguous shards
         x, y = _batch(self.dataset, shard)
         self.check_batch(step, shard, x, y)
+        x, y = to_device((x, y), self.device)  # built on the CPU, trained on the model's device
         lr = warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr)
         for group in self.opt.param_groups:
             group["lr"] = lr
         loss, logs = loss_fn(self.net, x, y)
-        if _any_rank(not bool(torch.isfinite(loss.detach()).all()), self.world):
+        if _any_rank(not bool(torch.isfinite(loss.detach()).all()), self.world, self.reduce_on):
             raise DataError(
                 f"{self.desc}: the loss is NaN or Inf at step {step}: the training diverged (try a lower lr than "
                 f"{cfg.lr:g}) or a weight is not finite; the last saved state is kept"
@@ -287,7 +294,7 @@ class _Loop:
         cfg = self.config
         if done % cfg.log_every and done != cfg.steps:
             return
-        means = _mean_logs(self.window, self.world)
+        means = _mean_logs(self.window, self.world, self.reduce_on)
         self.history.append({"step": done, **means})
         self.window = []
         bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()}, refresh=False)
@@ -355,7 +362,7 @@ def train(
             run.step(step, loss_fn, after_backward)
             done = step + 1
             run.record(done, bar)
-            stop = _any_rank(sigterm.received, run.world)
+            stop = _any_rank(sigterm.received, run.world, run.reduce_on)
             run.checkpoint(done, stop)
             if stop:
                 interrupted = True

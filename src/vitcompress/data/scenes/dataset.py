@@ -32,6 +32,11 @@ class SceneDataset(Dataset):
     classes = FMNIST_CLASSES
     root_name = "Fashion-MNIST scenes"
 
+    @staticmethod
+    def collate_fn(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+        """How a DataLoader batches scenes (calibration and evaluation use it): :func:`collate_detection`."""
+        return collate_detection(batch)
+
     def __init__(self, root: str | Path, split: str = "val", masks: bool = True):
         if split not in SPLITS:
             raise DataError(f"scene split must be one of {sorted(SPLITS)}, got {split!r}")

@@ -28,7 +28,7 @@ def infonce(z_q: torch.Tensor, z_fp: torch.Tensor, temperature: float = 3.0) -> 
         )
     q, k = F.normalize(z_q.float(), dim=1), F.normalize(z_fp.float(), dim=1)
     logits = q @ k.T / temperature  # (N, N): row i, column j = similarity of quantized i to float j
-    return F.cross_entropy(logits, torch.arange(len(q))) * (2 * temperature)
+    return F.cross_entropy(logits, torch.arange(len(q), device=q.device)) * (2 * temperature)
 
 
 def mse(z_q: torch.Tensor, z_fp: torch.Tensor) -> torch.Tensor:

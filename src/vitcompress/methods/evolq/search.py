@@ -14,6 +14,12 @@ A candidate's fitness runs only the network from its block to the logits (the mo
 steps, :mod:`vitcompress.models.chain`), on the block inputs cached from the quantized model at the
 start of the pass (they do not change while the blocks behind are searched), against full-precision
 logits cached once.
+
+Work happens on the model's device. Under ``torchrun`` (:mod:`vitcompress.distributed`) each process
+holds and runs its share of the calibration batches; the per-batch fitness values are gathered exactly,
+so every process sees the same fitness as one process would and takes the same decisions (the random
+stream is the same on every process, on the CPU). Only rank 0 writes the state; on resume it reads it
+and sends it to the others.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from vitcompress import distributed
 from vitcompress.data.calib import first_batches
+from vitcompress.device import model_device, to_device
 from vitcompress.errors import ConfigError, StateError
 from vitcompress.eval.classification import check_input, evaluate
 from vitcompress.methods.evolq.config import EvolQConfig
@@ -192,41 +200,80 @@ def _float_logits(model: nn.Module, batches: list[torch.Tensor]) -> list[torch.T
 
 
 class _Search:
-    """The state of one run: cached block inputs and float logits, the fitness, the random stream."""
+    """The state of one run: cached block inputs and float logits, the fitness, the random stream.
+
+    ``batches`` are all calibration batches (on the CPU); this process keeps its share
+    (:func:`vitcompress.distributed.shard`) on the model's device.
+    """
 
     def __init__(self, model: nn.Module, config: EvolQConfig, batches: list[torch.Tensor]):
-        self.model, self.config, self.batches = model, config, batches
+        device = model_device(model)
+        self.model, self.config, self.n_batches = model, config, len(batches)
+        self.shard = distributed.shard(len(batches))
+        self.batches = [to_device(batches[i], device) for i in self.shard]
         # the logits as a chain of steps; checked bit for bit against model(x) on the first batch
-        self.chain = model_chain(model, "logits", check=batches[0], distilled=True)
+        self.chain = model_chain(model, "logits", check=to_device(batches[0][:2], device), distilled=True)
         self.blocks = _blocks(model, self.chain, config)
         self.fn = fitness_fn(config.fitness, config.temperature)
-        self.fp = _float_logits(model, batches)
+        self.fp = _float_logits(model, self.batches)
         self.inputs: dict[int, list[torch.Tensor]] = {}
         self.generator = torch.Generator().manual_seed(config.seed)
         self.evaluations = 0
+        self.bar: Any = None
+
+    def progress(self, start_pass: int, start_block: int) -> Any:
+        """The run's progress bar, counted in steps run on one batch (a block-to-logits forward from a late
+        block counts less than one from an early block), so its ETA holds from the first batches on."""
+        depth = [len(self.chain.steps) - b.step for b in self.blocks]
+        nb, cycles = len(self.batches), self.config.cycles
+        per_pass = nb * (len(self.chain.steps) + cycles * sum(depth))
+        done = start_pass * per_pass + nb * cycles * sum(depth[:start_block])
+        total = self.config.passes * per_pass
+        self.bar = tqdm(
+            total=total,
+            initial=min(done, total),
+            desc="evolq",
+            unit="step",
+            leave=False,
+            **distributed.progress_kwargs(),
+        )
+        return self.bar
+
+    def _tick(self, steps: int) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def _mean(self, values: list[torch.Tensor]) -> float:
+        """The mean over all batches of the fitness values of this process's batches (one device sync),
+        summed in batch order: the same float in one process and on every rank of many."""
+        local = torch.stack(values).double().cpu().tolist() if values else []
+        gathered = distributed.gather_values(dict(zip(self.shard, local)), self.n_batches)
+        return distributed.sum_in_order(gathered) / self.n_batches
 
     @torch.no_grad()
     def cache_inputs(self) -> float:
         """Run the quantized model once, keep every block's inputs; return its fitness."""
         wanted = {b.step for b in self.blocks}
         self.inputs = {i: [] for i in wanted}
-        total = 0.0
+        values = []
         for x, z_fp in zip(self.batches, self.fp):
             for i, step in enumerate(self.chain.steps):
                 if i in wanted:
                     self.inputs[i].append(x)
                 x = step(x)
-            total += float(self.fn(x, z_fp))
-        return total / len(self.batches)
+            values.append(self.fn(x, z_fp))
+            self._tick(len(self.chain.steps))
+        return self._mean(values)
 
     @torch.no_grad()
     def fitness_from(self, step: int) -> float:
         """Fitness of the current model, running only steps ``step..end`` on the cached inputs."""
         self.evaluations += 1
-        total = 0.0
+        values = []
         for x, z_fp in zip(self.inputs[step], self.fp):
-            total += float(self.fn(self.chain.run(x, step), z_fp))
-        return total / len(self.batches)
+            values.append(self.fn(self.chain.run(x, step), z_fp))
+            self._tick(len(self.chain.steps) - step)
+        return self._mean(values)
 
     @torch.no_grad()
     def advance_inputs(self, k: int) -> None:
@@ -237,7 +284,8 @@ class _Search:
         self.inputs[stop] = [self.chain.run(x, start, stop) for x in self.inputs[start]]
 
     def mutate(self, parent: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
-        noise = (torch.rand(parent.shape, generator=self.generator) * 2 - 1) * widths  # U(-r, r)
+        # drawn on the CPU: the same stream on every device and every rank
+        noise = ((torch.rand(parent.shape, generator=self.generator) * 2 - 1) * widths).to(parent.device)  # U(-r, r)
         child = parent * (1 + noise) if self.config.mutation_mode == "relative" else parent + noise
         # |.| as in the paper; a scale of exactly 0 would divide by zero in fake quantization
         return child.abs().clamp_min(torch.finfo(torch.float32).tiny)
@@ -260,24 +308,34 @@ class _Search:
 
 
 def _scales(search: _Search) -> dict[str, torch.Tensor]:
-    return {name: q.scale.detach().clone() for b in search.blocks for name, q in b.quantizers}
+    return {name: q.scale.detach().cpu().clone() for b in search.blocks for name, q in b.quantizers}
 
 
 def _top1(model: nn.Module, eval_data: Any) -> float | None:
-    return None if eval_data is None else evaluate(model, eval_data).top1
+    """Evaluation top-1 (rank 0 evaluates, every rank gets it: the histories are the same)."""
+    return None if eval_data is None else distributed.main_decides(lambda: evaluate(model, eval_data).top1)
 
 
-def _start(search: _Search, state_path: Path | None, resume: bool, prints: dict[str, str]) -> tuple:
-    """``(pass, block, fitness, history, seconds)`` to start from: a saved state's, or a new run's."""
+def _read_state(state_path: Path | None, resume: bool, prints: dict[str, str]) -> dict[str, Any] | None:
+    """The saved state to resume (None: a new run)."""
     if state_path is None or not state_path.exists():
         if resume:
             log.info("Evol-Q: no state at %s; starting a new run", state_path)
-        return 0, 0, None, [], 0.0
+        return None
     if not resume:
         raise StateError(
             f"an Evol-Q state exists at {state_path}: resume it (--resume / resume=True) or remove it to start over"
         )
-    state = load_state(state_path, prints)
+    return load_state(state_path, prints)
+
+
+def _start(search: _Search, state_path: Path | None, resume: bool, prints: dict[str, str]) -> tuple:
+    """``(pass, block, fitness, history, seconds)`` to start from: a saved state's, or a new run's.
+
+    Rank 0 reads the state; every rank starts from it."""
+    state = distributed.main_decides(lambda: _read_state(state_path, resume, prints))
+    if state is None:
+        return 0, 0, None, [], 0.0
     _restore(search, state)
     search.evaluations = state["evaluations"]
     log.info(
@@ -315,7 +373,8 @@ def evolq_(
         resume: continue from ``state_path`` (StateError if it was written for another model,
             recipe, PTQ result, calibration set or config). Without ``resume`` an existing state is an
             error, so no run is overwritten by accident.
-        callback: called with ``{"pass", "block", "fitness"}`` after each block's state is saved.
+        callback: called with ``{"pass", "block", "fitness"}`` after each block's state is saved (on every
+            rank under ``torchrun``, with the same values).
 
     Raises:
         StateError: the model is not quantized, or the state at ``state_path`` is not this run's.
@@ -325,17 +384,19 @@ def evolq_(
     t0 = time.perf_counter()
     config = config or EvolQConfig()
     recipe = recipe_of(model)  # StateError "run quantize_ (PTQ) first" for a float model
+    distributed.init_from_env()
     model.eval()
-    batches = _calib_batches(calib, config)
+    batches = _calib_batches(calib, config)  # all of them, on the CPU: every rank fingerprints the same
     check_input(model, batches[0])
-    search = _Search(model, config, batches)
-    state_path = Path(state_path) if state_path is not None else None
     prints = fingerprints(model, recipe.to_dict(), config.search_dict(), batches)
+    search = _Search(model, config, batches)
+    del batches
+    state_path = Path(state_path) if state_path is not None else None
     start_pass, start_block, fitness, history, seconds_before = _start(search, state_path, resume, prints)
     resumed = bool(history)
 
     def save(next_pass: int, next_block: int) -> None:
-        if state_path is None:
+        if state_path is None or not distributed.is_main():
             return
         save_state(
             state_path,
@@ -353,17 +414,16 @@ def evolq_(
         )
 
     n = len(search.blocks)
-    if not history:
+    bar = search.progress(start_pass, start_block)
+    cached = not history  # a new run: the PTQ fitness pass below caches the first pass's block inputs
+    if cached:
         fitness = search.cache_inputs()
         history.append({"pass": 0, "fitness": fitness, "top1": _top1(model, eval_data), "seconds": 0.0})
         log.info("Evol-Q start (PTQ): fitness %.6f%s", fitness, _fmt_top1(history[0]["top1"]))
-    bar = tqdm(
-        total=config.passes * n, initial=min(start_pass * n + start_block, config.passes * n), desc="evolq", leave=False
-    )
     try:
         for p in range(start_pass, config.passes):
             first = start_block if p == start_pass else 0
-            if first < n:
+            if first < n and not (cached and p == start_pass):
                 recomputed = search.cache_inputs()
                 fitness = recomputed if first == 0 else fitness  # mid-pass: keep the saved (equal) value
             for k in range(first, n):
@@ -371,7 +431,6 @@ def evolq_(
                 if config.block_order == "first_to_last":
                     search.advance_inputs(k)
                 save(p, k + 1)
-                bar.update(1)
                 bar.set_postfix(pass_=p + 1, fitness=f"{fitness:.5f}")
                 if callback is not None:
                     callback({"pass": p + 1, "block": search.blocks[k].name, "fitness": fitness})

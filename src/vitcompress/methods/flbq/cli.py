@@ -30,10 +30,13 @@ MAX_TABLE_ROWS = 64
 
 def summary(result) -> str:
     """The line ``vitcompress compress flbq`` prints at the end."""
+    from vitcompress.eval.task import headline
+
     m = result.metrics
+    what, fp, q = headline(m)  # top-1, or a detector's box mAP
     return (
-        f"{m['model']}: {m['avg_bits']:.3f} bits ({result.config.solver.upper()}, {m['units']} units), top-1 "
-        f"{m['fp_top1']:.2f} -> {m['q_top1']:.2f} ({m['q_top1'] - m['fp_top1']:+.2f} pt), distortion "
+        f"{m['model']}: {m['avg_bits']:.3f} bits ({result.config.solver.upper()}, {m['units']} units), {what} "
+        f"{fp:.2f} -> {q:.2f} ({q - fp:+.2f} pt), distortion "
         f"predicted {m['predicted_distortion']:.4g} / measured {m['measured_distortion']:.4g}, size "
         f"{m['fp_size_bytes']:,} -> {m['size_bytes']:,} bytes; outputs in {result.out}"
     )

@@ -17,8 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitcompress import distributed
 from vitcompress.config import load_json_file
 from vitcompress.data.calib import first_images
+from vitcompress.device import model_device
 from vitcompress.errors import ConfigError, StateError
 from vitcompress.io import write_json
 from vitcompress.methods.flbq.allocate import allocate_bits, check_curves_match, config_curves
@@ -74,7 +76,8 @@ def flbq(
     t0 = time.perf_counter()
     quantize_(model, recipe, calib)
     ptq_seconds = time.perf_counter() - t0
-    measured = weight_only_distortion(model, float_model, first_images(calib, config.n_images), config.target)
+    images = first_images(calib, config.n_images, device=model_device(model))
+    measured = weight_only_distortion(model, float_model, images, config.target)
     metrics = {
         "config": asdict(config),
         "units": len(curves),
@@ -144,21 +147,30 @@ def cached_curves(
     path, meta_path = Path(state_dir) / CURVES_FILE, Path(state_dir) / CURVES_META
     with torch.no_grad():
         key = curves_key(model, calib, config)
-    if path.is_file() and meta_path.is_file():
+
+    def reuse() -> tuple[Curves, dict[str, Any], bool] | None:
+        if not (path.is_file() and meta_path.is_file()):
+            return None
         try:
             meta = load_json_file(meta_path, "F-LBQ curves record", StateError)
         except StateError as e:  # a cache that cannot be read is measured again, like one that does not match
             log.warning("%s; measuring the curves again", e)
-            meta = None
+            return None
         if isinstance(meta, dict) and meta.get("key") == key and isinstance(meta.get("info"), dict):
             curves = Curves.from_json(path)
             check_curves_match(curves, model, config.unit, config.exclude)
             log.info("reusing the distortion curves in %s", path)
             return curves, meta["info"], True
+        return None
+
+    cached = distributed.main_decides(reuse)  # under torchrun rank 0 reads, every rank takes its answer
+    if cached is not None:
+        return cached
     info = {}
-    curves = config_curves(model, calib, config, info)
-    curves.to_json(path)
-    write_json(meta_path, {"key": key, "info": info})
+    curves = config_curves(model, calib, config, info)  # data-parallel across torchrun ranks inside
+    if distributed.is_main():
+        curves.to_json(path)
+        write_json(meta_path, {"key": key, "info": info})
     return curves, info, False
 
 

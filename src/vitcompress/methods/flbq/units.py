@@ -1,8 +1,9 @@
 """Units of F-LBQ bit allocation: a backbone layer's weight, or G output channels of it.
 
 Backbone layers are the model's ``nn.Linear`` and ``nn.Conv2d`` (quantized ones included) outside the
-classifier (``model.get_classifier()`` and a distillation head), minus ``exclude`` globs. The
-classifier gets a uniform bit width instead (as the paper's detection heads do).
+classifier (``model.get_classifier()`` and a distillation head; a detector's pyramid and detection heads,
+``vitcompress_heads``), minus ``exclude`` globs. The classifier gets a uniform bit width instead (as the
+paper's detection heads do).
 
 Unit names: the layer path (``blocks.3.mlp.fc1``) for ``unit="layer"``, the layer path plus
 ``.g<i>`` (``blocks.3.mlp.fc1.g7``: output channels ``7G..8G-1``) for ``unit="group:G"``.
@@ -58,6 +59,9 @@ def classifier_layers(model: nn.Module) -> list[str]:
         heads += head if isinstance(head, tuple) else [head]
     if isinstance(getattr(model, "head_dist", None), nn.Module):
         heads.append(model.head_dist)
+    named = getattr(model, "vitcompress_heads", None)  # a detector's pyramid and detection heads
+    if isinstance(named, (tuple, list)):
+        heads += [model.get_submodule(n) for n in named]
     ids = {id(m) for h in heads if isinstance(h, nn.Module) for m in h.modules()}
     return [n for n, m in model.named_modules() if id(m) in ids and isinstance(m, nn.Linear | nn.Conv2d)]
 

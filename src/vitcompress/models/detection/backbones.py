@@ -36,12 +36,19 @@ class SwinFPN(nn.Module):
             num_heads=config.num_heads,
             window_size=config.window_size,
         )
+        # the pyramid takes the stages before Swin's final norm: drop it (timm's own pruning), or it holds a
+        # layer no input reaches (a quantizer never calibrated, a weight no gradient trains)
+        self.body.prune_intermediate_layers(len(config.depths), prune_norm=True)
         widths = [config.embed_dim * 2**i for i in range(len(config.depths))]
         self.fpn = FeaturePyramidNetwork(widths, config.fpn_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = config.fpn_channels
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         stages = self.body.forward_intermediates(x, intermediates_only=True)  # 4 x (B, C_i, H/s_i, W/s_i)
+        return self.pyramid(stages)
+
+    def pyramid(self, stages: list[torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+        """The pyramid of the four stage maps (B, C_i, H/s_i, W/s_i)."""
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(stages)))
 
 
@@ -102,6 +109,10 @@ class ViTSimplePyramid(nn.Module):
         (last,) = self.body.forward_intermediates(
             x, indices=1, norm=True, intermediates_only=True
         )  # (B, D, H/16, W/16)
+        return self.pyramid(last)
+
+    def pyramid(self, last: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        """The five levels made from the normalised last map (B, D, H/16, W/16)."""
         maps = (self.up4(last), self.up8(last), last, F.max_pool2d(last, 2))
         out = OrderedDict((str(i), level(m)) for i, (level, m) in enumerate(zip(self.levels, maps)))
         out["pool"] = F.max_pool2d(out["3"], 1, 2)  # stride 64, as torchvision's LastLevelMaxPool

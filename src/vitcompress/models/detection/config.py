@@ -99,3 +99,9 @@ class DetectorConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def source(self) -> dict:
+        """How to rebuild the detector: ``{"name": "det:<backbone>", "kwargs": {other fields}}`` (JSON types),
+        as ``vitcompress_source`` / ``source.json`` record a model."""
+        kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in self.as_dict().items()}
+        return {"name": f"det:{kwargs.pop('backbone')}", "kwargs": {k: v for k, v in kwargs.items() if k != "version"}}

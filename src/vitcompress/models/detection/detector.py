@@ -19,6 +19,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from vitcompress.models.detection.backbones import Upsample2x, build_backbone
 from vitcompress.models.detection.config import DetectorConfig
+from vitcompress.nn.edges import HEADS_ATTR
 
 LEVELS = ("0", "1", "2", "3")  # strides 4..32 (RoI pooling); the anchors also cover "pool" (stride 64)
 ANCHOR_SIZES = ((16,), (32,), (64,), (128,), (256,))  # one per level: the default scenes' items are ~20..185 px
@@ -54,8 +55,7 @@ def build_detector(config: DetectorConfig | None = None) -> nn.Module:
             "mask_predictor": mask_predictor(c, classes),
         }
         model = MaskRCNN(backbone, **box, **mask, **common)
-    model.detector_config = config
-    return model
+    return _describe(model, config)
 
 
 def mask_predictor(channels: int, classes: int) -> nn.Sequential:
@@ -82,7 +82,26 @@ def _dense(config: DetectorConfig, backbone: nn.Module, classes: int, common: di
         model = FCOS(backbone, classes, anchor_generator=anchors, **common)
     else:
         model = RetinaNet(backbone, classes, anchor_generator=AnchorGenerator(ANCHOR_SIZES, ASPECT_RATIOS), **common)
+    return _describe(model, config)
+
+
+def head_names(model: nn.Module) -> tuple[str, ...]:
+    """The detector's layers after the transformer: the pyramid (``backbone.fpn``, or ViTDet's
+    ``backbone.up4``, ``up8``, ``levels``) and the detection heads (``rpn``, ``roi_heads``; ``head``)."""
+    names = [f"backbone.{n}" for n, m in model.backbone.named_children() if n != "body"]
+    names += [n for n, m in model.named_children() if n not in ("backbone", "transform")]
+    modules = dict(model.named_modules())
+    return tuple(n for n in names if any(True for _ in modules[n].parameters()))
+
+
+def _describe(model: nn.Module, config: DetectorConfig) -> nn.Module:
+    """What the rest of the toolkit reads off a detector: its config, how to rebuild it, its input size
+    (``img_size``, as :mod:`vitcompress.models.inputs` reads it) and its heads (``@head`` in a recipe: every
+    layer after the transformer, kept at 8 bit by the presets)."""
     model.detector_config = config
+    model.vitcompress_source = config.source()
+    model.img_size = config.image_size
+    setattr(model, HEADS_ATTR, head_names(model))
     return model
 
 
