@@ -93,7 +93,7 @@ def test_model_option_is_the_same_on_every_command(command):
 def test_zoo_list_json(capsys):
     assert main(["zoo", "list", "--json"]) == 0
     names = [r["name"] for r in json.loads(capsys.readouterr().out)]
-    assert names == ["vit-fmnist", "swin-fmnist"]
+    assert names == ["vit-fmnist", "swin-fmnist", "swin-det-scenes", "vit-det-scenes"]  # classifiers, detectors
 
 
 def test_import_is_quick_and_lazy():

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from vitcompress.config import Recipe, load_json_file
-from vitcompress.data.calib import example_image, iter_images
+from vitcompress.data.calib import count_batches, example_image, iter_images
+from vitcompress.device import model_device, to_device
 from vitcompress.errors import CheckpointError, ConfigError, StateError
 from vitcompress.eval.classification import check_input
 from vitcompress.io import write_json
@@ -34,7 +35,7 @@ from vitcompress.nn.reparam import add_folded_biases, reparameterize_
 from vitcompress.outputs import swap_into_place, verify_manifest, write_manifest
 from vitcompress.recon import STATE_FILE as RECON_STATE_FILE
 from vitcompress.recon import reconstruct_
-from vitcompress.sparsity import masks_from_weights_, sparsity_plan
+from vitcompress.sparsity import attach_masks_, masks_from_weights_, masks_of, sparsity_plan
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,7 @@ def _example(model: nn.Module, calib) -> torch.Tensor | None:
     if x is None:
         return None
     check_input(model, x)  # a wrong image size is a DataError naming both shapes, not a failed trace
-    param = next(model.parameters(), None)
-    return x if param is None else x.to(param.device)
+    return to_device(x, model_device(model))
 
 
 def _calibrate_weights(model: nn.Module) -> None:
@@ -95,7 +95,8 @@ def calibrate_activations(model: nn.Module, calib: Dataset | DataLoader | Iterab
     model.eval()
     seen = 0
     try:
-        for x in tqdm(iter_images(calib, batch_size), desc="calibrate", leave=False):
+        batches = iter_images(calib, batch_size, device=model_device(model))
+        for x in tqdm(batches, desc="calibrate", leave=False, total=count_batches(calib, batch_size)):
             if seen == 0:
                 check_input(model, x)
             model(x)
@@ -140,7 +141,9 @@ def quantize_(
             raise StateError("recipe has reparam: pass calibration data (calib)")
         calib = list(calib) if iter(calib) is calib else calib  # a one-shot iterator is read twice
         reparameterize_(model, calib, recipe.act, batch_size)  # on the float model, before prepare
+    masks = masks_of(model)  # N:M masks live on the float layers that prepare replaces
     prepare(model, recipe, _example(model, calib))  # one traced forward finds the ops to quantize
+    attach_masks_(model, masks)  # carried over: save writes sparsity.json, training keeps the zeros
     _calibrate_weights(model)
     needs_data = any(
         point_role(n, q) != "weight" and q.spec.enabled and not q.is_calibrated for n, q in quantization_points(model)

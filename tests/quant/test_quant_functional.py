@@ -159,3 +159,21 @@ def test_bias_correction_golden_and_errors():
     assert torch.allclose(correct_bias(w, torch.tensor([[5.0, 5.0]])), torch.tensor([[2.0, 2.0]]))
     with pytest.raises(DataError, match="same shape"):
         correct_bias(w, torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize(
+    "shape, sshape, bounds",
+    [((4, 50, 24), (1, 1, 24), (-128, 127)), ((6, 40), (), (0, 15)), ((5, 7), (5, 1), "tensor")],
+)
+def test_fake_quant_without_gradient_equals_the_gradient_path_bit_for_bit(shape, sshape, bounds):
+    # the in-place no-grad path (calibration, evaluation, searches) must give exactly the training path's values
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g) * 4
+    scale = torch.rand(sshape, generator=g) + 0.01
+    zero = torch.round(torch.randn(sshape, generator=g) * 3)
+    lo, hi = (torch.full(sshape, -8.0), torch.full(sshape, 7.0)) if bounds == "tensor" else bounds
+    trained = fake_quant(x.clone().requires_grad_(), scale, zero, lo, hi).detach()
+    with torch.no_grad():
+        fast = fake_quant(x, scale, zero, lo, hi)
+    assert torch.equal(trained, fast)  # tolerance 0
+    assert not torch.equal(fast, x)  # the values were actually quantized

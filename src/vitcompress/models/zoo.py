@@ -3,6 +3,10 @@
 No pretrained ViT weights exist offline, so the project trains its own with a documented, seeded
 recipe (``vitcompress zoo train NAME``) and ships the checkpoints (safetensors + manifest) in
 ``models/zoo/``. They are built from timm's own classes, so they are what users have.
+
+The reference detectors (:data:`DETECTOR_ZOO`: a Swin and a ViT detector on the embedded scenes,
+``docs/detection.md``) are trained by the same command with ``vitcompress.train.detection``'s recipe and kept
+as detector folders ``models/zoo/<name>/`` (+ ``<name>.json``, their manifest); none is shipped yet.
 """
 
 from __future__ import annotations
@@ -114,3 +118,56 @@ def build_zoo_model(name: str):
     entry = ZOO[name]
     cls = VisionTransformer if entry.arch == "vit" else SwinTransformer
     return cls(**entry.kwargs)
+
+
+@dataclass(frozen=True)
+class DetectorZooEntry:
+    """One reference detector: its ``DetectorConfig`` fields (default sizes) and description.
+
+    Trained by ``vitcompress zoo train NAME`` (``vitcompress.train.zoo.train_zoo_detector``, the recipe of
+    ``vitcompress.train.detection``), kept as a detector folder (``save_detector``) in :attr:`folder`.
+    """
+
+    name: str
+    detector: dict[str, Any] = field(hash=False)  # DetectorConfig fields, backbone included
+    description: str
+
+    @property
+    def folder(self) -> Path:
+        return ZOO_DIR / self.name
+
+    @property
+    def manifest(self) -> Path:
+        return ZOO_DIR / f"{self.name}.json"
+
+    @property
+    def train_command(self) -> str:
+        return f"vitcompress zoo train {self.name}"
+
+    def config(self):
+        """The entry's :class:`~vitcompress.models.detection.DetectorConfig`."""
+        from vitcompress.models.detection.config import DetectorConfig
+
+        return DetectorConfig(**self.detector)
+
+
+DETECTOR_ZOO: dict[str, DetectorZooEntry] = {
+    e.name: e
+    for e in (
+        DetectorZooEntry(
+            name="swin-det-scenes",
+            detector=dict(backbone="swin", head="mask_rcnn"),
+            description="Swin (dim 48, depths 2-2-2-2, window 7) + FPN + Mask R-CNN on the 224-px scenes",
+        ),
+        DetectorZooEntry(
+            name="vit-det-scenes",
+            detector=dict(backbone="vit", head="mask_rcnn"),
+            description="plain ViT (dim 192, depth 6, patch 16) + simple feature pyramid + Mask R-CNN, 224-px scenes",
+        ),
+    )
+}
+
+
+def zoo_names() -> list[str]:
+    """Every reference model name: the classifiers, then the detectors."""
+    return sorted(ZOO) + sorted(DETECTOR_ZOO)

@@ -9,6 +9,7 @@ forward, so the output equals the float model's bit for bit.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.layers import Attention
 from timm.layers.attention import resolve_self_attn_mask
 from timm.models.swin_transformer import WindowAttention
@@ -57,6 +58,11 @@ class _AttnQuantMixin:
     def _quant_matmuls(self, q, k, v, bias: torch.Tensor | None) -> torch.Tensor:
         """softmax(Q(q)·scale @ Q(k)ᵀ + bias) quantized, @ Q(v); q, k, v: (B, H, N, Dh)."""
         q, k, v = self.q_quantizer(q), self.k_quantizer(k), self.v_quantizer(v)
+        if self.probs_quantizer.calibrating and self.probs_quantizer.passes_through:
+            # calibration with nothing to observe in the probabilities (log2): the fused kernel, as the float
+            # model computes them, without materializing the (B, H, N, N) scores
+            drop = self.attn_drop.p if self.training else 0.0
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop, scale=self.scale)
         attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
         if bias is not None:
             attn = attn + bias

@@ -65,6 +65,16 @@ def grad_scale(t: torch.Tensor, g: float | torch.Tensor) -> torch.Tensor:
     return t.detach() + (scaled - scaled.detach())
 
 
+def _needs_grad(*tensors: object) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def _same_shape(u: torch.Tensor, *others: object) -> bool:
+    """Whether in-place ops on ``u`` with ``others`` keep ``u``'s shape (they broadcast into it)."""
+    shapes = [t.shape for t in others if isinstance(t, torch.Tensor)]
+    return not shapes or torch.broadcast_shapes(u.shape, *shapes) == u.shape
+
+
 def fake_quant(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: Bound, qmax: Bound
 ) -> torch.Tensor:
@@ -87,6 +97,10 @@ def fake_quant(
         The de-quantized values ``x̂``, on the grid ``(k − z)·s`` for integer ``k`` in ``[qmin, qmax]``.
     """
     u = x / scale
+    if not _needs_grad(x, scale, zero_point) and _same_shape(u, zero_point, qmin, qmax):
+        # inference and calibration: the same value computed in place, without the gradient path (half the time)
+        u.round_().add_(zero_point).clamp_(qmin, qmax)
+        return u.sub_(zero_point).mul_(scale)
     hard = torch.clamp(torch.round(u.detach()) + zero_point, qmin, qmax)  # the value: clamp(round(x/s) + z) exactly
     soft = torch.clamp(u + zero_point, qmin, qmax)  # the gradient path: clip on the unrounded code (LSQ)
     # soft and hard differ by at most half a code, so hard − soft is exact (Sterbenz) and the sum is hard

@@ -28,15 +28,25 @@ import torch
 
 from vitcompress.errors import ConfigError, DataError
 from vitcompress.quant.functional import qrange
+from vitcompress.quant.histerror import edges_sq_error, hist_sq_error  # noqa: F401 (hist_sq_error: re-exported)
 
 OMSE_RATIOS = tuple(1.0 - 0.01 * i for i in range(90))  # i = 0 … 89, 1 % steps (OMSE as in FQ-ViT)
 MSE_RATIOS = tuple(0.3 + 0.7 * i / 99 for i in range(100))  # finer clipping search in [0.3, 1]
 _EPS_SCALE = 1e-8
+CHUNK = 1 << 22  # values binned at once: bounds an update's temporaries (8 bytes a value) to 32 MiB
+SEARCH_CHUNK = 1 << 20  # candidates × rows × bins evaluated at once by a range search (float64 temporaries)
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:
     """Raise :class:`DataError` naming quantizer ``name`` if ``x`` holds NaN or Inf."""
-    if not bool(torch.isfinite(x).all()):
+    if x.is_floating_point() and x.numel():
+        # one read of x: a NaN anywhere propagates to the extremes and an infinity is one of them (isfinite
+        # followed by all() reads x and writes a mask, many times slower)
+        lo, hi = x.detach().aminmax()
+        finite = math.isfinite(lo.item()) and math.isfinite(hi.item())
+    else:
+        finite = bool(torch.isfinite(x).all())
+    if not finite:
         raise DataError(f"quantizer {name or '<unnamed>'}: observed data contains NaN or Inf")
 
 
@@ -156,65 +166,38 @@ def tensor_range(
     return (lo[0], hi[0]) if granularity == "tensor" else (lo, hi)
 
 
-# ---- histogram error model -----------------------------------------------------------------------
-def _cum_sq_err(v: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """``P(v) = ∫_0^v (clamp(round(u), low, high) − u)² du`` in code units (closed form).
-
-    Inside ``[low − ½, high + ½]`` the integrand is periodic with mean 1/12 per code; beyond, it is
-    the squared distance to the clipping code.
-    """
-    m = torch.minimum(torch.maximum(v, low - 0.5), high + 0.5)
-    w = m + 0.5
-    r = w - w.floor()
-    inside = w.floor() / 12 + ((r - 0.5) ** 3 + 0.125) / 3 - 1 / 24
-    above = ((v - high).clamp_min(0.5) ** 3 - 0.125) / 3
-    below = ((low - v).clamp_min(0.5) ** 3 - 0.125) / 3
-    return inside + above - below
-
-
-def hist_sq_error(
-    lower: torch.Tensor,
-    upper: torch.Tensor,
-    counts: torch.Tensor,
-    scale: torch.Tensor,
-    zero: torch.Tensor,
-    qmin: torch.Tensor,
-    qmax: torch.Tensor,
-) -> torch.Tensor:
-    """Sum of squared quantization errors of histogrammed data, per row.
-
-    Values are assumed uniform inside each bin ``[lower, upper]`` (R, bins), so the error of a bin is
-    exact for that density even when a bin is wider than a quantization step. ``scale``, ``zero``,
-    ``qmin``, ``qmax`` are per row (R, 1).
-    """
-    low, high = qmin - zero, qmax - zero  # clamp(round(x/s) + z, qmin, qmax) − z = clamp(round(x/s), low, high)
-    a, b = lower / scale, upper / scale
-    width = b - a
-    point = a + width / 2
-    point_err = (torch.minimum(torch.maximum(point.round(), low), high) - point) ** 2
-    mean_err = torch.where(
-        width > 1e-9, (_cum_sq_err(b, low, high) - _cum_sq_err(a, low, high)) / width.clamp_min(1e-9), point_err
-    )
-    return (counts * mean_err).sum(1) * scale[:, 0] ** 2
-
-
 class RowHistogram:
     """Streaming statistics of R rows: exact running min/max and one histogram per row.
 
     Row ``r`` has its own bin grid ``lo_r + i·width_r`` (i < bins), started from the first batch's
     range and grown by aligned merges (module docstring), so rows of very different magnitude
     (channels) each keep ``bins`` bins of resolution. Rows are fed as (R, K) tensors; K may differ
-    between calls. Memory: R × bins float64 counts, independent of how much data is observed.
+    between calls. Memory: R × bins float64 counts, independent of how much data is observed; the
+    temporaries of one update are bounded too (values are binned :data:`CHUNK` at a time).
+
+    With ``histogram=False`` only the exact min/max are kept (all a ``minmax`` range needs): one
+    ``aminmax`` pass per update, no histogram.
+
+    Binning runs in the input's precision (float32 for float32/16 activations, as fast as the data
+    allows, and on any device): the bin of ``v`` is ``floor(((v − lo_hi) − lo_lo) / width)`` with
+    ``lo`` split in two float32 parts, so a value moves to a neighbouring bin only when it lies within
+    about 1e-4 of a bin width (float32 rounding, 2^-24 relative, times at most 2^11 bins) of an edge.
     """
 
-    def __init__(self, rows: int, name: str = "", bins: int = 2048):
-        self.rows, self.name, self.bins = rows, name, bins
+    def __init__(self, rows: int, name: str = "", bins: int = 2048, histogram: bool = True):
+        self.rows, self.name, self.bins, self.histogram = rows, name, bins, histogram
         self.min: torch.Tensor | None = None  # (R,) float64, exact
         self.max: torch.Tensor | None = None
         self.hist: torch.Tensor | None = None  # (R, bins) float64
         self.lo: torch.Tensor | None = None  # (R,) float64 lower edge of bin 0
         self.width: torch.Tensor | None = None  # (R,) float64 bin width
         self.count = 0  # values per row
+        self._params: dict = {}  # the grid in the data's dtype (see _bin_params)
+
+    @property
+    def has_data(self) -> bool:
+        """Whether any value was observed."""
+        return self.min is not None
 
     def update_rows(self, rows: torch.Tensor) -> None:
         """Add the values of ``rows`` (R, K) to the statistics."""
@@ -226,24 +209,70 @@ class RowHistogram:
             )
         if rows.numel() == 0:
             return
-        check_finite(rows, self.name)
-        rows = rows.double()  # float64 holds every float32/16 value exactly: exact min/max and bin edges
-        r_min, r_max = rows.amin(1), rows.amax(1)
-        if self.hist is None:
-            self._start(r_min, r_max)
-        else:
-            self.min, self.max = torch.minimum(self.min, r_min), torch.maximum(self.max, r_max)
-            self._grow(r_min, r_max)
-        idx = ((rows - self.lo[:, None]) / self.width[:, None]).floor_().clamp_(0, self.bins - 1).long()
-        idx += torch.arange(self.rows, device=rows.device)[:, None] * self.bins  # flat (R*bins) index
-        self.hist += torch.bincount(idx.flatten(), minlength=self.rows * self.bins).view(self.rows, -1)
+        # NaN propagates and ±Inf shows in the extremes (amin/amax along a dim are many times faster than aminmax)
+        r_min, r_max = rows.amin(dim=1), rows.amax(dim=1)
+        self._extend(r_min, r_max)
+        if self.histogram:
+            self._add(rows, row_axis=0)
         self.count += rows.shape[1]
 
+    def _extend(self, r_min: torch.Tensor, r_max: torch.Tensor) -> None:
+        """Take a batch's per-row extremes (R,): the exact min/max, and the grid grown to cover them."""
+        check_finite(torch.stack([r_min, r_max]), self.name)  # a NaN/Inf anywhere shows in the extremes
+        # float64 holds every float32/16 value exactly: exact min/max and bin edges
+        r_min, r_max = r_min.double(), r_max.double()
+        if self.min is None:
+            self.min, self.max = r_min, r_max
+            if self.histogram:
+                self._start(r_min, r_max)
+            return
+        self.min, self.max = torch.minimum(self.min, r_min), torch.maximum(self.max, r_max)
+        if self.histogram:
+            self._grow(r_min, r_max)
+
+    def _add(self, values: torch.Tensor, row_axis: int) -> None:
+        """Count ``values`` ((R, K) with ``row_axis`` 0, or (K, R) with 1) into the histograms, in chunks.
+
+        The grid covers every value (``_extend`` grew it first), so a value's position ``v`` in bins lies in
+        (−1, bins + 1) even after rounding: truncation is its floor clamped to the grid once each row gets
+        one overflow bin (the top edge itself), folded into its last bin. No clamp pass is needed.
+        """
+        dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
+        lo_hi, lo_lo, exact, width, offset = self._bin_params(dtype, row_axis)
+        per_row = self.bins + 1
+        axis = 1 - row_axis
+        step = max(1, CHUNK // self.rows)
+        for start in range(0, values.shape[axis], step):
+            part = values.narrow(axis, start, min(step, values.shape[axis] - start))
+            v = part.to(dtype) - lo_hi  # a new tensor: the in-place steps below never touch the data
+            if not exact:
+                v.sub_(lo_lo)
+            idx = v.div_(width).to(torch.int32)  # int32 holds R·(bins + 1)
+            if self.rows > 1:
+                idx.add_(offset)
+            counts = torch.bincount(idx.flatten(), minlength=self.rows * per_row).view(self.rows, per_row)
+            self.hist += counts[:, : self.bins]
+            self.hist[:, -1] += counts[:, self.bins]
+
+    def _bin_params(self, dtype: torch.dtype, row_axis: int) -> tuple:
+        """The grid in ``dtype``, shaped for rows on ``row_axis``: ``lo`` in two parts (the second is what
+        ``dtype`` rounds off; ``exact`` when it is 0), the width, the flat-index offset of every row. Kept
+        until the grid changes (a batch then costs no small tensor ops for them)."""
+        key = (dtype, row_axis)
+        if key not in self._params:
+            shape = (-1, 1) if row_axis == 0 else (1, -1)
+            lo_hi = self.lo.to(dtype)
+            lo_lo = (self.lo - lo_hi.double()).to(dtype).reshape(shape)
+            rows = torch.arange(self.rows, device=self.lo.device, dtype=torch.int32)
+            offset = (rows * (self.bins + 1)).reshape(shape)
+            width = self.width.to(dtype).reshape(shape)
+            self._params[key] = (lo_hi.reshape(shape), lo_lo, not bool(lo_lo.any()), width, offset)
+        return self._params[key]
+
     def _start(self, r_min: torch.Tensor, r_max: torch.Tensor) -> None:
-        self.min, self.max = r_min, r_max
         # a constant first batch still gets a valid (tiny) grid; the first real spread re-bins once
         span = torch.maximum(torch.maximum(r_max - r_min, r_min.abs() * 1e-6), torch.full_like(r_min, 1e-12))
-        self.lo, self.width = r_min.clone(), span / self.bins
+        self.lo, self.width, self._params = r_min.clone(), span / self.bins, {}
         self.hist = torch.zeros(self.rows, self.bins, dtype=torch.float64, device=r_min.device)
 
     def _grow(self, r_min: torch.Tensor, r_max: torch.Tensor) -> None:
@@ -270,10 +299,13 @@ class RowHistogram:
         merged = torch.zeros(self.rows * self.bins, dtype=torch.float64, device=self.hist.device)
         merged.index_add_(0, target.flatten(), self.hist.flatten())
         self.hist, self.lo, self.width = merged.view(self.rows, self.bins), new_lo, self.width * 2**k
+        self._params = {}  # the grid changed
 
-    def _require_data(self) -> None:
-        if self.hist is None:
+    def _require_data(self, histogram: bool = True) -> None:
+        if self.min is None:
             raise DataError(f"quantizer {self.name or '<unnamed>'}: no data observed; run calibration first")
+        if histogram and not self.histogram:
+            raise ConfigError(f"quantizer {self.name or '<unnamed>'}: statistics kept min/max only (observer minmax)")
 
     def grid(self) -> torch.Tensor:
         """The bin edges of every row (R, bins + 1), unclipped."""
@@ -281,11 +313,13 @@ class RowHistogram:
         steps = torch.arange(self.bins + 1, dtype=torch.float64, device=self.hist.device)
         return self.lo[:, None] + self.width[:, None] * steps
 
+    def clipped_grid(self) -> torch.Tensor:
+        """The bin edges of every row (R, bins + 1), clipped to each row's exact min/max."""
+        return torch.minimum(torch.maximum(self.grid(), self.min[:, None]), self.max[:, None])
+
     def bin_edges(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(lower, upper) edges of every bin (R, bins), clipped to each row's exact min/max."""
-        edges = self.grid()
-        lo, hi = self.min[:, None], self.max[:, None]
-        edges = torch.minimum(torch.maximum(edges, lo), hi)
+        edges = self.clipped_grid()
         return edges[:, :-1], edges[:, 1:]
 
     def quantile(self, q: float) -> torch.Tensor:
@@ -299,40 +333,52 @@ class RowHistogram:
         return (lower.gather(1, i) + frac * (upper.gather(1, i) - lower.gather(1, i)))[:, 0]
 
     def sq_error(self, scale: torch.Tensor, zero: torch.Tensor, qmin: torch.Tensor, qmax: torch.Tensor) -> torch.Tensor:
-        """Squared quantization error of all observed values, per row, for per-row qparams (R,)."""
-        lower, upper = self.bin_edges()
-        col = [t.double().reshape(-1, 1).expand(self.rows, 1) for t in (scale, zero, qmin, qmax)]
-        return hist_sq_error(lower, upper, self.hist, *col)
+        """Squared quantization error of all observed values, per row, for per-row qparams (R,), or for T
+        candidates per row at once, (T, R) -> (T, R)."""
+        edges = self.clipped_grid()
+        qp = [torch.as_tensor(t, device=edges.device).double() for t in (scale, zero, qmin, qmax)]
+        shape = torch.broadcast_shapes(*(t.shape for t in qp), (self.rows,))
+        return edges_sq_error(edges, self.hist, *(t.expand(shape)[..., None] for t in qp))
 
     def search(
         self, observer: str, bits: int | torch.Tensor, symmetric: bool, percentile: float = 99.99
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row range (R,) float64 for ``observer`` (see :func:`search_range`); min-max is exact."""
-        self._require_data()
+        self._require_data(histogram=observer != "minmax")
         lo, hi = self.min.clone(), self.max.clone()
         if observer == "minmax":
             return lo, hi
         if observer == "percentile":
             return self.quantile(1 - percentile / 100), self.quantile(percentile / 100)
         bits = torch.as_tensor(bits, device=lo.device).expand_as(lo)
-        best_lo, best_hi, best_err = lo.clone(), hi.clone(), torch.full_like(lo, math.inf)
-        for r in _ratios(observer):
-            err = self.sq_error(*qparams_from_range(lo * r, hi * r, bits, symmetric))
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best_lo, best_hi = torch.where(better, lo * r, best_lo), torch.where(better, hi * r, best_hi)
-        return best_lo, best_hi
+        ratios = torch.tensor(_ratios(observer), dtype=torch.float64, device=lo.device)[:, None]  # (T, 1)
+        cand_lo, cand_hi = lo * ratios, hi * ratios  # (T, R): every candidate of every row
+        step = max(1, SEARCH_CHUNK // (self.rows * self.bins))
+        err = torch.cat(
+            [
+                self.sq_error(*qparams_from_range(cand_lo[i : i + step], cand_hi[i : i + step], bits, symmetric))
+                for i in range(0, len(ratios), step)
+            ]
+        ).nan_to_num(nan=math.inf)
+        best = err.argmin(0, keepdim=True)  # the first of equal errors: ties keep the earlier ratio (min-max first)
+        return cand_lo.gather(0, best)[0], cand_hi.gather(0, best)[0]
 
 
 class HistogramObserver(RowHistogram):
-    """Streaming per-tensor statistics (2048 bins by default)."""
+    """Streaming per-tensor statistics (2048 bins by default; min/max only with ``histogram=False``)."""
 
-    def __init__(self, name: str = "", bins: int = 2048):
-        super().__init__(1, name, bins)
+    def __init__(self, name: str = "", bins: int = 2048, histogram: bool = True):
+        super().__init__(1, name, bins, histogram)
 
     def update(self, x: torch.Tensor) -> None:
         """Add all values of ``x``."""
-        self.update_rows(x.detach().reshape(1, -1))
+        x = x.detach()
+        if self.histogram:
+            self.update_rows(x.reshape(1, -1))
+        elif x.numel():  # min/max straight from x, strided or not: no copy
+            lo, hi = x.aminmax()
+            self._extend(lo.reshape(1), hi.reshape(1))
+            self.count += x.numel()
 
     def range(
         self, observer: str, bits: int, symmetric: bool, percentile: float = 99.99
@@ -355,7 +401,13 @@ class ChannelHistogramObserver(RowHistogram):
                 f"quantizer {self.name or '<unnamed>'}: expected {self.rows} channels on the last "
                 f"axis, got shape {tuple(x.shape)}"
             )
-        self.update_rows(x.detach().reshape(-1, self.rows).T)  # (C, tokens)
+        tokens = x.detach().reshape(-1, self.rows)  # (tokens, C)
+        if not tokens.numel():
+            return
+        self._extend(tokens.amin(dim=0), tokens.amax(dim=0))
+        if self.histogram:
+            self._add(tokens, row_axis=1)  # binned in this layout: no transposed copy
+        self.count += tokens.shape[0]
 
     def ptf_params(
         self, bits: int, max_alpha: int = 3, lo: torch.Tensor | None = None, hi: torch.Tensor | None = None
@@ -412,7 +464,7 @@ def group_search(
     by the least squared error summed over the rows.
     """
     name = parts[0][0].name if parts else ""
-    parts = [(h, rows) for h, rows in parts if h.hist is not None and h.min[rows].numel()]
+    parts = [(h, rows) for h, rows in parts if h.has_data and h.min[rows].numel()]
     if not parts:
         raise DataError(f"quantizer {name or '<unnamed>'}: no data observed; run calibration first")
     lo = torch.stack([h.min[rows].min() for h, rows in parts]).min()
@@ -448,7 +500,8 @@ class TokenObserver:
     Registers", ICLR 2024, arXiv:2309.16588): one shared scale then rounds a small token to a constant,
     or lets a large one coarsen every other token. Each of the first ``k = min(max_tokens, N // 2)``
     positions gets its own histogram (axis 1); all other values go to ``tail`` (a
-    :class:`HistogramObserver`, or a :class:`ChannelHistogramObserver` for PTF). Inputs that are not
+    :class:`HistogramObserver`, or a :class:`ChannelHistogramObserver` for PTF; the leading positions keep
+    histograms when ``histogram`` is True, by default when ``tail`` does). Inputs that are not
     3-D (no token axis: ``(B, C)``, or Swin's ``(B, H, W, C)``, which has no prefix tokens) go to ``tail`` only.
 
     After calibration, :meth:`split` gives ``P``: the leading positions up to the last one whose range
@@ -456,8 +509,11 @@ class TokenObserver:
     scale of its own, the others share the tail's.
     """
 
-    def __init__(self, max_tokens: int, tail: RowHistogram, name: str = "", bins: int = 512):
+    def __init__(
+        self, max_tokens: int, tail: RowHistogram, name: str = "", bins: int = 512, histogram: bool | None = None
+    ):
         self.max_tokens, self.tail, self.name, self.bins = max_tokens, tail, name, bins
+        self.histogram = tail.histogram if histogram is None else histogram  # the leading tokens' histograms
         self.k: int | None = None
         self.lead: RowHistogram | None = None
 
@@ -465,7 +521,7 @@ class TokenObserver:
         """Add ``x``; its axis 1 holds the tokens when it is 3-D."""
         if x.dim() == 3 and self.k is None:
             self.k = min(self.max_tokens, x.shape[1] // 2)
-            self.lead = RowHistogram(self.k, self.name, self.bins) if self.k else None
+            self.lead = RowHistogram(self.k, self.name, self.bins, self.histogram) if self.k else None
         if x.dim() != 3 or not self.k or x.shape[1] < 2 * self.k:  # no (or too few) tokens to set apart
             self.tail.update(x)
             return
@@ -474,9 +530,9 @@ class TokenObserver:
 
     def split(self) -> int:
         """``P``: how many leading positions get a scale of their own (class docstring)."""
-        if self.tail.hist is None:
+        if not self.tail.has_data:
             raise DataError(f"quantizer {self.name or '<unnamed>'}: no data observed; run calibration first")
-        if self.lead is None or self.lead.hist is None:
+        if self.lead is None or not self.lead.has_data:
             return 0
         ref = _span(self.tail.min.min(), self.tail.max.max())
         span = _span(self.lead.min, self.lead.max)
@@ -487,7 +543,7 @@ class TokenObserver:
     def rest_parts(self, p: int) -> list[tuple[RowHistogram, slice]]:
         """The histogram rows of the tokens that share one scale when ``p`` positions are apart."""
         parts = [(self.tail, slice(None))]
-        if self.lead is not None and self.lead.hist is not None and p < self.k:
+        if self.lead is not None and self.lead.has_data and p < self.k:
             parts.append((self.lead, slice(p, None)))
         return parts
 

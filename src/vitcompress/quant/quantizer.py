@@ -77,6 +77,15 @@ class Quantizer(nn.Module):
         """Whether ``forward`` quantizes: enabled and fewer than 32 bits."""
         return self.enabled and self.spec.enabled
 
+    observes_data = True
+    """Whether calibration statistics set its parameters (False: log2, dynamic per-token ranges)."""
+
+    @property
+    def passes_through(self) -> bool:
+        """Whether ``forward`` returns its input unchanged and needs to see it: inactive, or calibrating a
+        quantizer that keeps no statistics (a caller may then compute the input any equivalent way)."""
+        return not self.active or (self.calibrating and not self.observes_data)
+
     def observe(self, x: torch.Tensor) -> None:
         """Update the streaming statistics with ``x`` (no gradient)."""
         raise NotImplementedError
@@ -214,6 +223,7 @@ class UniformQuantizer(_TokensApart, Quantizer):
                 self.group_bits.copy_(torch.tensor(spec.group_bits, dtype=torch.int64))
         if spec.granularity == "token":
             self.calibrated.fill_(True)  # dynamic: nothing to calibrate
+            self.observes_data = False
         self._hist: RowHistogram | TokenObserver | None = None
         self._exact: torch.Tensor | None = None  # (R, K) the single observed tensor, until a second one
         self._init_tokens()
@@ -287,6 +297,11 @@ class UniformQuantizer(_TokensApart, Quantizer):
             )
         return to_rows(x.detach(), self.spec.granularity, self.channel_axis, self.spec.group_size)
 
+    @property
+    def _needs_histogram(self) -> bool:
+        """Min-max ranges need only the exact extremes: no histogram (the calibration's hot path)."""
+        return self.spec.observer != "minmax"
+
     def observe(self, x: torch.Tensor) -> None:
         g = self.spec.granularity
         if not self.spec.enabled:  # 32 bits: nothing will be quantized, keep no statistics
@@ -296,7 +311,7 @@ class UniformQuantizer(_TokensApart, Quantizer):
             return
         if g == "tensor":
             if self._hist is None:
-                tail = HistogramObserver(self.name)
+                tail = HistogramObserver(self.name, histogram=self._needs_histogram)
                 self._hist = TokenObserver(self.max_prefix, tail, self.name, ROW_BINS) if self.max_prefix else tail
             self._hist.update(x)
             return
@@ -308,7 +323,7 @@ class UniformQuantizer(_TokensApart, Quantizer):
             self._exact = rows  # a weight: keep the exact values (a view, no copy, for float32 weights)
             return
         if self._hist is None:  # a second batch: stream from now on (memory independent of the data)
-            self._hist = RowHistogram(rows.shape[0], self.name, ROW_BINS)
+            self._hist = RowHistogram(rows.shape[0], self.name, ROW_BINS, histogram=self._needs_histogram)
             self._hist.update_rows(self._exact)
             self._exact = None
         self._hist.update_rows(rows)
@@ -389,6 +404,8 @@ class Log2Quantizer(Quantizer):
     Vision Transformer", IJCAI 2022, arXiv:2111.13824): ``x̂ = 2^(−q)``, ``q = round(−log2 x)``.
     """
 
+    observes_data = False
+
     def __init__(self, spec: QuantSpec, name: str = ""):
         super().__init__(spec, name)
         self.calibrated.fill_(True)
@@ -436,7 +453,10 @@ class PTFQuantizer(_TokensApart, Quantizer):
             return
         if self._obs is None:
             tail = ChannelHistogramObserver(self.num_channels, self.name, ROW_BINS)
-            self._obs = TokenObserver(self.max_prefix, tail, self.name, ROW_BINS) if self.max_prefix else tail
+            # the leading tokens apart get min-max scales (compute_qparams): they need no histograms
+            self._obs = (
+                TokenObserver(self.max_prefix, tail, self.name, ROW_BINS, histogram=False) if self.max_prefix else tail
+            )
         self._obs.update(x)
 
     def compute_qparams(self) -> None:

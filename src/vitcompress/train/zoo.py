@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vitcompress.data.datasets import load_dataset
+from vitcompress.device import describe, model_device, resolve_device
 from vitcompress.errors import ConfigError
 from vitcompress.eval.classification import evaluate
 from vitcompress.io import write_json
@@ -90,8 +91,10 @@ def train_zoo_model(
     data_root: str | None = None,
     out_dir: str | Path | None = None,
     resume: bool = True,
+    device: str | torch.device | None = None,
 ) -> dict:
-    """Train zoo model ``name`` with its recipe, then write ``<name>.safetensors`` and ``<name>.json``.
+    """Train zoo model ``name`` with its recipe on ``device`` (``auto|cpu|cuda|cuda:N``; None: the CPU), then
+    write ``<name>.safetensors`` and ``<name>.json``.
 
     Returns the manifest.
 
@@ -99,8 +102,9 @@ def train_zoo_model(
         TrainingInterrupted: SIGTERM stopped the training (its state is in ``state_dir``; rerun to resume).
     """
     entry = ZOO[name]
+    target = resolve_device(device) if device is not None else torch.device("cpu")  # checked before any work
     torch.manual_seed(entry.recipe.seed)
-    model = build_zoo_model(name)
+    model = build_zoo_model(name).to(target)
     spec = input_spec_of(model)
     train_set = load_dataset(spec, "train", data_root, augment=True, seed=entry.recipe.seed)
     info = train_with_recipe(model, train_set, entry.recipe, state_dir, resume=resume)
@@ -139,4 +143,65 @@ def build_manifest(entry: ZooEntry, model: torch.nn.Module, data_root: str | Non
         "train_steps": info["steps"],
         "train_seconds": round(info["seconds"], 1),
         "train_machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        **describe(model_device(model)),
+    }
+
+
+def train_zoo_detector(
+    name: str,
+    state_dir: str | Path,
+    data_root: str | None = None,
+    out_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
+    max_steps: int | None = None,
+) -> dict:
+    """Train the reference detector ``name`` (:data:`~vitcompress.models.zoo.DETECTOR_ZOO`) with
+    :func:`~vitcompress.train.detection.train_detector`'s recipe on the train scenes, resumably from ``state_dir``.
+
+    When the recipe is complete the detector folder ``<out_dir>/<name>/`` (default: the zoo) and its manifest
+    ``<name>.json`` (COCO box and mask AP on the 500 val scenes) are written, and the manifest is returned; with
+    ``max_steps`` short of the recipe, the run stops at that global step with a checkpoint and a folder
+    ``state_dir/model-step<N>`` to evaluate, and the manifest is ``{"name", "steps", "complete": False}``.
+    """
+    from vitcompress.data.scenes import load_scenes
+    from vitcompress.models.detection.source import save_detector
+    from vitcompress.models.zoo import DETECTOR_ZOO
+    from vitcompress.train.detection import DetectorTrainRecipe, train_detector
+
+    entry, recipe = DETECTOR_ZOO[name], DetectorTrainRecipe()
+    target = resolve_device(device) if device is not None else torch.device("cpu")  # checked before any work
+    config = entry.config()
+    train_set = load_scenes("train", data_root=data_root, masks=config.head == "mask_rcnn")
+    model = train_detector(config, train_set, state_dir, recipe, max_steps=max_steps, device=target)
+    total = recipe.total_steps(len(train_set))
+    if max_steps is not None and max_steps < total:
+        return {"name": name, "steps": max_steps, "total_steps": total, "complete": False}
+    out = Path(out_dir) if out_dir else entry.folder.parent
+    save_detector(model, out / name)
+    manifest = detector_manifest(entry, model, data_root, recipe, total)
+    write_json(out / f"{name}.json", manifest)
+    return manifest
+
+
+def detector_manifest(entry, model: nn.Module, data_root: str | None, recipe, steps: int) -> dict:
+    """Manifest of a trained reference detector: its config, recipe, COCO AP on the val scenes, MACs."""
+    from dataclasses import asdict
+
+    from vitcompress.cost.counter import cost
+    from vitcompress.data.scenes import load_scenes
+    from vitcompress.eval.task import evaluate_model
+
+    metrics = evaluate_model(model, load_scenes("val", data_root=data_root, masks=False))
+    return {
+        "name": entry.name,
+        "detector": model.detector_config.as_dict(),
+        "params": sum(p.numel() for p in model.parameters()),
+        "macs": cost(model).macs,
+        **{k: v for k, v in metrics.as_dict().items() if k.startswith(("bbox_", "segm_")) and v is not None},
+        "val_images": metrics.images,
+        "train_command": entry.train_command,
+        "recipe": asdict(recipe),
+        "train_steps": steps,
+        "train_machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        **describe(model_device(model)),
     }

@@ -7,7 +7,8 @@ Stage 1 (lines 1–17): the dense float model is the teacher; the student is the
 N:M masks, trained with ``α·L_hard + β·L_soft + γ·L_feature``. Between the stages the weight factors
 ``W_j`` are measured between the dense teacher and the sparse student (line 22). Stage 2 (lines 18–35):
 the sparse float model is the teacher; the student is its PTQ-initialised quantized copy (LSQ scales),
-trained with the ``W_j``-weighted feature loss. Masks never change.
+trained with the ``W_j``-weighted feature loss. Masks never change. A detector trains its transformer with the
+feature loss on the backbone alone (:mod:`~vitcompress.methods.gpusq.detector`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vitcompress.data.calib import first_batches
+from vitcompress.device import model_device
+from vitcompress.methods.gpusq import detector as det
 from vitcompress.methods.gpusq.config import GPUSQConfig
-from vitcompress.sparsity import mask_gradients_, sparsify_
+from vitcompress.models.detection import is_detector
+from vitcompress.sparsity import DEFAULT_LAYERS, mask_gradients_, sparsify_
 from vitcompress.train.distill import DistillLoss, weight_factors
 from vitcompress.train.qat import prepare_sparse_qat_
 from vitcompress.train.trainer import TrainConfig, TrainingInterrupted, train
@@ -42,11 +46,12 @@ def sparse_distill_(
         TrainingInterrupted: SIGTERM stopped the training (its state is saved in ``state_dir/prune``).
     """
     teacher = copy.deepcopy(model).eval()
-    plan = sparsify_(model, config.pattern, on_indivisible=config.on_indivisible)
+    layers = det.detector_layers() if is_detector(model) else DEFAULT_LAYERS
+    plan = sparsify_(model, config.pattern, layers=layers, on_indivisible=config.on_indivisible)
     dcfg = config.distill if config.distill_prune else replace(config.distill, soft=False, feature=False)
     info = _train_stage(
         model,
-        DistillLoss(teacher, model, dcfg),
+        _distill_loss(teacher, model, dcfg),
         train_set,
         config.prune,
         state_dir,
@@ -58,9 +63,18 @@ def sparse_distill_(
     return teacher, info
 
 
+def _distill_loss(
+    teacher: nn.Module, student: nn.Module, config, point_weights: list[float] | None = None
+) -> DistillLoss | det.BackboneDistillLoss:
+    """GPUSQ's distillation loss; a detector's: the feature term on its backbone (``config``'s switches aside)."""
+    if is_detector(student):
+        return det.BackboneDistillLoss(teacher, student, config, point_weights)
+    return DistillLoss(teacher, student, config, point_weights=point_weights)
+
+
 def _train_stage(
     model: nn.Module,
-    loss: DistillLoss,
+    loss: DistillLoss | det.BackboneDistillLoss,
     train_set: Dataset,
     config: TrainConfig,
     state_dir: Path | None,
@@ -112,7 +126,7 @@ def sparse_qat_(
     if on_stage is not None:
         on_stage("ptq", model)
         model.train()
-    loss = DistillLoss(teacher, model, config.distill, point_weights=factors)
+    loss = _distill_loss(teacher, model, config.distill, factors)
     info = _train_stage(model, loss, train_set, config.qat, state_dir, "qat", resume, "stage 2 (sparse QAT)")
     return teacher, info
 
@@ -131,8 +145,9 @@ def gpusq_(
     """Both stages on ``model`` (in place: it ends sparse and quantized).
 
     Args:
-        model: a dense float timm ViT/DeiT/Swin.
-        train_set: training images ``(image, label)`` (augmented) for both stages.
+        model: a dense float timm ViT/DeiT/Swin, or a detector (its transformer is pruned; see
+            :mod:`~vitcompress.methods.gpusq.detector`).
+        train_set: training images ``(image, label)`` (augmented) for both stages; a detector's: scenes.
         calib: calibration images for the PTQ start of stage 2; its first ``config.factor_images``
             measure the weight factors.
         config: the run (see :func:`~vitcompress.methods.gpusq.config.gpusq_preset`).
@@ -150,14 +165,18 @@ def gpusq_(
         TrainingInterrupted: SIGTERM stopped a stage after saving its state; the next stage did not start.
     """
     state = Path(state_dir) if state_dir is not None else None
+    detector = is_detector(model)
+    if detector:  # scenes: the trainer batches their images (the backbone loss needs no targets)
+        det.check_one_process()
+        train_set = det.SceneImages(train_set)
     dense, prune_info = sparse_distill_(model, train_set, config, state_dir=state, resume=resume)
     out = {"dense": dense, "prune": prune_info, "sparse_float": copy.deepcopy(model).eval()}
     if on_stage is not None:
         on_stage("sparse_float", model)
     if stop_after_prune:
         return out
-    batches = first_batches(calib, config.factor_images, what="factor_images")
-    factors = weight_factors(dense, model, batches, config.distill)
+    batches = first_batches(calib, config.factor_images, what="factor_images", device=model_device(model))
+    factors = (det.detector_weight_factors if detector else weight_factors)(dense, model, batches, config.distill)
     log.info("weight factors W_j: %s", [round(w, 4) for w in factors])
     out["weight_factors"] = factors
     _, out["qat"] = sparse_qat_(

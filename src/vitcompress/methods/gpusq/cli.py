@@ -49,12 +49,16 @@ def build(options: GPUSQOptions, shared: dict[str, Any]) -> GPUSQConfig:
 
 
 def summary(result: Result) -> str:
-    """One line: top-1 dense -> sparse float -> final, size and BOPs reduction."""
+    """One line: top-1 (a detector's box mAP) dense -> sparse float -> final, size and BOPs reduction."""
+    from vitcompress.eval.task import headline
+
     m = result.metrics
-    sparse = "" if m.get("sparse_float_top1") is None else f" -> sparse {m['sparse_float_top1']:.2f}"
+    name, fp, q = headline(m)
+    key = "bbox_map" if name == "box mAP" else "top1"
+    sparse = "" if m.get(f"sparse_float_{key}") is None else f" -> sparse {m[f'sparse_float_{key}']:.2f}"
     return (
-        f"{m['model']} / {m['recipe']}: top-1 {m['fp_top1']:.2f}{sparse} -> {m['q_top1']:.2f} "
-        f"({m['q_top1'] - m['fp_top1']:+.2f} pt), size x{m['size_reduction']:.2f} smaller, "
+        f"{m['model']} / {m['recipe']}: {name} {fp:.2f}{sparse} -> {q:.2f} "
+        f"({q - fp:+.2f} pt), size x{m['size_reduction']:.2f} smaller, "
         f"BOPs x{m['bops_reduction']:.1f} fewer; outputs in {result.out}"
     )
 

@@ -12,10 +12,11 @@ from torch.utils.data import Dataset
 
 from vitcompress.cost import cost
 from vitcompress.errors import ConfigError
-from vitcompress.eval.classification import evaluate
+from vitcompress.eval.task import evaluate_model
 from vitcompress.methods.gpusq.algorithm import gpusq_
 from vitcompress.methods.gpusq.config import GPUSQConfig
 from vitcompress.methods.registry import register
+from vitcompress.models.detection import is_detector
 from vitcompress.result import Result
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ def gpusq_step(
 
     The sparse float and the PTQ model are evaluated on ``eval_data`` (if given and
     ``config.eval_stages``); the training state goes to ``state_dir/state`` (resumable with ``resume``).
+    A detector (:mod:`~vitcompress.methods.gpusq.detector`) trains on ``train_data``'s scenes, its stages scored
+    by box mAP (``sparse_float_bbox_map``, ``ptq_bbox_map`` instead of ``*_top1``).
 
     Returns:
         A :class:`Result` whose ``reference`` is the sparse float model (the per-layer errors measure
@@ -51,20 +54,20 @@ def gpusq_step(
         raise ConfigError("GPUSQ-ViT trains the model: pass train_data (training images with labels)")
     t0 = time.perf_counter()
     stages: dict[str, dict[str, Any]] = {}
+    key = "bbox_map" if is_detector(model) else "top1"
 
     def on_stage(name: str, m: nn.Module) -> None:
         if name == "qat":  # the final model: its caller evaluates it
             return
-        top1 = top5 = None
+        score = None
         if eval_data is not None and config.eval_stages:
-            r = evaluate(m, eval_data)
-            top1, top5 = r.top1, r.top5
-            log.info("%s: top-1 %.2f %%", name, top1)
-        stages[name] = {"top1": top1, "top5": top5, "size_bytes": cost(m).size_bytes}
+            score = getattr(evaluate_model(m, eval_data), key)
+            log.info("%s: %s %.2f", name, key, score)
+        stages[name] = {key: score, "size_bytes": cost(m).size_bytes}
 
     state = Path(state_dir) / "state" if state_dir is not None else None
     res = gpusq_(model, train_data, calib, config, state_dir=state, resume=resume, on_stage=on_stage)
-    metrics = method_metrics(config, stages, res)
+    metrics = method_metrics(config, stages, res, key)
     metrics["gpusq_seconds"] = time.perf_counter() - t0
     return Result(
         model,
@@ -77,12 +80,13 @@ def gpusq_step(
     )
 
 
-def method_metrics(config: GPUSQConfig, stages: dict, res: dict) -> dict[str, Any]:
-    """The method's keys of ``metrics.json``: per-stage results, weight factors, training, config."""
+def method_metrics(config: GPUSQConfig, stages: dict, res: dict, key: str = "top1") -> dict[str, Any]:
+    """The method's keys of ``metrics.json``: per-stage results (``key``: top1, or a detector's bbox_map), weight
+    factors, training, config."""
     return {
         "pattern": config.pattern,
-        "sparse_float_top1": stages["sparse_float"]["top1"],
-        "ptq_top1": stages["ptq"]["top1"],
+        f"sparse_float_{key}": stages["sparse_float"][key],
+        f"ptq_{key}": stages["ptq"][key],
         "sparse_float_size_bytes": stages["sparse_float"]["size_bytes"],
         "weight_factors": res.get("weight_factors"),
         "sparse_layers": res["prune"]["sparse_layers"],
@@ -101,6 +105,7 @@ def method_metrics(config: GPUSQConfig, stages: dict, res: dict) -> dict[str, An
 
 def gpusq_section(m: dict) -> str:
     """The GPUSQ-ViT part of ``report.md`` from a job's metrics: stages, training steps, weight factors."""
+    key, name = ("bbox_map", "box mAP") if "sparse_float_bbox_map" in m else ("top1", "top-1 (%)")
     lines = [
         "",
         "## GPUSQ-ViT stages",
@@ -108,12 +113,12 @@ def gpusq_section(m: dict) -> str:
         f"Pattern {m['pattern']} on {len(m['sparse_layers'])} layers; stage 1 {m['prune']['steps']} steps, "
         f"QAT {m['qat']['steps']} steps. The per-layer SQNR above compares with the sparse float model.",
         "",
-        "| stage | top-1 (%) |",
+        f"| stage | {name} |",
         "|---|---:|",
-        *([f"| dense float | {m['fp_top1']:.2f} |"] if "fp_top1" in m else []),
-        f"| sparse float (after stage 1) | {_pct(m['sparse_float_top1'])} |",
-        f"| PTQ of the sparse model (start of stage 2) | {_pct(m['ptq_top1'])} |",
-        *([f"| after QAT | {m['q_top1']:.2f} |"] if "q_top1" in m else []),
+        *([f"| dense float | {m[f'fp_{key}']:.2f} |"] if f"fp_{key}" in m else []),
+        f"| sparse float (after stage 1) | {_pct(m[f'sparse_float_{key}'])} |",
+        f"| PTQ of the sparse model (start of stage 2) | {_pct(m[f'ptq_{key}'])} |",
+        *([f"| after QAT | {m[f'q_{key}']:.2f} |"] if f"q_{key}" in m else []),
         "",
         "BOPs of a sparse layer count only its kept MACs; size counts kept values plus 2-bit indices "
         '(docs/gpusq.md, "Accounting"). Sparsity is simulated on CPU: the pruned weights are stored as zeros.',

@@ -34,26 +34,36 @@ def build(options: MixAQConfig, shared: dict[str, Any]) -> MixAQConfig:
 
 
 def summary(result: Result) -> str:
-    """The front and the chosen configuration, then the usual accuracy line."""
+    """The front and the chosen configuration, then the usual accuracy line (a detector's: box mAP, and its
+    backbone and whole-detector BOPs)."""
+    from vitcompress.eval.task import headline
+
     m = result.metrics
-    held = m["held_out"]
+    held, score = m["held_out"], m.get("score", "top-1")
     lines = [
         f"{m['model']} {m['recipe']} / A{m['low_bits']}: {held['evaluated']} configurations evaluated on "
-        f"{m['config']['eval_images']} held-out images; ratio 0: top-1 {held['baseline']['top1']:.2f}"
+        f"{m['config']['eval_images']} held-out images; ratio 0: {score} {held['baseline']['top1']:.2f}"
     ]
     lines += [
-        f"  front  rel BOPs {p['rel_bops']:.4f}  top-1 {p['top1']:6.2f}  ratios {p['ratios']}" for p in held["front"]
+        f"  front  rel BOPs {p['rel_bops']:.4f}  {score} {p['top1']:6.2f}  ratios {p['ratios']}" for p in held["front"]
     ]
     lines += [
-        f"  test   {name:<8} rel BOPs {p['rel_bops']:.4f}  top-1 {p['top1']:6.2f}  ratios {p['ratios']}"
+        f"  test   {name:<8} rel BOPs {p['rel_bops']:.4f}  {score} {p['top1']:6.2f}  ratios {p['ratios']}"
         for name, p in m.get("test", {}).items()
     ]
     chosen = m["chosen"]
     where = f"ratios {chosen['ratios']}" if chosen["found"] else "ratio 0 (no front point within it)"
+    name, fp, q = headline(m)
     lines.append(
-        f"model set to the point chosen for rel BOPs {chosen['target']:g}: {where}; top-1 "
-        f"{m['fp_top1']:.2f} -> {m['q_top1']:.2f}; outputs in {result.out}"
+        f"model set to the point chosen for rel BOPs {chosen['target']:g}: {where}; {name} {fp:.2f} -> {q:.2f}; "
+        f"outputs in {result.out}"
     )
+    d = m.get("detector_cost")
+    if d is not None:
+        lines.append(
+            f"backbone BOPs {d['backbone_bops']:.4g} ({d['backbone_bops_reduction_vs_ptq']:.3f}x less than uniform "
+            f"PTQ); whole detector {d['total_bops']:.4g} ({d['total_bops_reduction_vs_ptq']:.3f}x)"
+        )
     return "\n".join(lines)
 
 

@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from vitcompress.config import Recipe
-from vitcompress.data.calib import iter_images
+from vitcompress.data.calib import count_batches, iter_images
+from vitcompress.device import model_device
 from vitcompress.errors import ConfigError, StateError, UnsupportedModelError
 from vitcompress.methods.mixaq.sampling import RatioGroup, ratio_groups
 from vitcompress.methods.mixaq.two_branch import StageImportance, TwoBranchSwinBlock, window_count
@@ -34,23 +35,31 @@ DEFAULT_UPPER = 0.8  # the MixA-Q paper's ratios: {0, 0.1, ..., 0.8}
 LOW_BITS = (2, 3, 4, 5, 6, 7, 8)
 
 
-def _check_swin(model: nn.Module) -> None:
-    if not isinstance(model, SwinTransformer):
+def swin_of(model: nn.Module) -> SwinTransformer:
+    """The Swin MixA-Q works on: the model itself, or a Swin detector's backbone (``backbone.body``, see
+    :mod:`vitcompress.models.detection`), whose window scores then come from the detection scenes."""
+    body = getattr(getattr(model, "backbone", None), "body", None)
+    swin = body if hasattr(model, "detector_config") and isinstance(body, SwinTransformer) else model
+    if not isinstance(swin, SwinTransformer):
         raise UnsupportedModelError(
-            f"MixA-Q needs window attention (a timm SwinTransformer), got {type(model).__name__}"
+            f"MixA-Q needs window attention (a timm SwinTransformer or a Swin detector), got {type(model).__name__}"
         )
+    return swin
+
+
+def _check_swin(model: nn.Module) -> None:
+    swin_of(model)
 
 
 def model_groups(model: nn.Module) -> list[RatioGroup]:
     """The ratio groups of a Swin: swin-fmnist and Swin-T (depths 2, 2, 6, 2) have 6."""
-    _check_swin(model)
-    return ratio_groups([len(stage.blocks) for stage in model.layers])
+    return ratio_groups([len(stage.blocks) for stage in swin_of(model).layers])
 
 
 def mixed_blocks(model: nn.Module) -> dict[str, TwoBranchSwinBlock]:
-    """The two-branch blocks by module path; StateError if :func:`two_branch_` was not applied."""
-    _check_swin(model)
-    blocks = {n: m for n, m in model.named_modules() if isinstance(m, TwoBranchSwinBlock)}
+    """The two-branch blocks by module path in the Swin (``layers.s.blocks.j``); StateError if
+    :func:`two_branch_` was not applied."""
+    blocks = {n: m for n, m in swin_of(model).named_modules() if isinstance(m, TwoBranchSwinBlock)}
     if not blocks:
         raise StateError("model has no two-branch blocks: run two_branch_(model, low_bits) or mixaq_ first")
     return blocks
@@ -74,7 +83,7 @@ def two_branch_(model: nn.Module, low_bits: int) -> nn.Module:
         raise ConfigError(f"low_bits: must be one of {list(LOW_BITS)}, got {low_bits!r}")
     if any(isinstance(m, TwoBranchSwinBlock) for m in model.modules()):
         raise StateError("model already has two-branch blocks")
-    for s, stage in enumerate(model.layers):
+    for s, stage in enumerate(swin_of(model).layers):
         shared = StageImportance()  # computed once per stage, by its first block
         for j, block in enumerate(stage.blocks):
             if not isinstance(block, SwinTransformerBlock):
@@ -176,7 +185,8 @@ def calibrate_low(
     model.eval()
     seen = 0
     try:
-        for x in tqdm(iter_images(calib, batch_size), desc="calibrate low", leave=False):
+        batches = iter_images(calib, batch_size, device=model_device(model))
+        for x in tqdm(batches, desc="calibrate low", leave=False, total=count_batches(calib, batch_size)):
             model(x)
             seen += len(x)
     finally:

@@ -12,6 +12,11 @@ replays NSGA-II from its seed and takes every objective it has already paid for 
 the expensive model evaluations are not repeated; the algorithm is deterministic given its seed and
 the objectives, so the replay reaches the same state and the run ends exactly as an uninterrupted
 one (tested). A state written for another configuration is refused.
+
+Under ``torchrun`` (:mod:`vitcompress.distributed`) the new candidates of each generation are dealt
+round robin to the processes and their objectives gathered exactly: every process runs the same
+NSGA-II on the same objectives and reaches the same front. Only rank 0 writes; on resume it reads the
+state and sends the cache to the others.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from vitcompress import distributed
 from vitcompress.config import load_json_file
 from vitcompress.errors import ConfigError, StateError
 from vitcompress.io import write_json
@@ -185,43 +192,65 @@ def search_ratios(
     from pymoo.core.evaluator import Evaluator
     from pymoo.problems.static import StaticProblem
 
+    distributed.init_from_env()
     to_ratios = _grid(config.upper, config.step).to_ratios
     out = Path(out) if out is not None else None
-    if out is not None:
+    writes = out is not None and distributed.is_main()
+    if writes:
         out.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(config, n_groups, tag)
     state_path = out / STATE_FILE if out is not None else None
-    cache = _read_cache(state_path, fingerprint) if resume else {}
+    cache = distributed.main_decides(lambda: _read_cache(state_path, fingerprint)) if resume else {}
     problem, algorithm = _make_algorithm(config, n_groups)
     evaluated: list[dict[str, Any]] = []
     zero = tuple(0.0 for _ in range(n_groups))
-    if zero not in cache:
-        cache[zero] = evaluate(zero)
+    evaluate_missing(evaluate, [zero], cache)
     base_top1, base_bops = cache[zero]
     seen: set[tuple[float, ...]] = {zero}  # the baseline is reported apart, not as an evaluated point
+    bar = tqdm(total=config.population * (config.generations + 1), desc="mixaq search", **distributed.progress_kwargs())
     while algorithm.has_next():
         generation = (algorithm.n_gen or 1) - 1
         pop = algorithm.ask()
+        vectors = [to_ratios(x) for x in np.rint(pop.get("X")).astype(np.int64)]
+        evaluate_missing(evaluate, vectors, cache)  # a replay takes the objectives from the cache
         objectives = []
-        for x in np.rint(pop.get("X")).astype(np.int64):
-            ratios = to_ratios(x)
-            if ratios not in seen:  # first time in this run (a replay takes the objective from the cache)
+        for ratios in vectors:
+            if ratios not in seen:  # first time in this run
                 seen.add(ratios)
-                if ratios not in cache:
-                    cache[ratios] = evaluate(ratios)
                 evaluated.append(_point(ratios, *cache[ratios], base_bops, generation))
             top1, bops = cache[ratios]
             objectives.append([-top1, bops / base_bops])
         Evaluator().eval(StaticProblem(problem, F=np.array(objectives, dtype=float)), pop)
         algorithm.tell(infills=pop)
-        if state_path is not None:
+        bar.update(len(vectors))
+        if writes:
             _write_cache(state_path, fingerprint, int(algorithm.n_gen), cache)
+    bar.close()
     baseline = {"ratios": list(zero), "top1": base_top1, "bops": base_bops, "rel_bops": 1.0}
     front = pareto_front(evaluated)
     result = SearchResult(baseline=baseline, evaluated=evaluated, front=front, chosen=choose(front, config.targets))
-    if out is not None:
+    if writes:
         _write_outputs(out, result, config)
     return result
+
+
+def evaluate_missing(
+    evaluate: EvaluateFn, vectors: Sequence[tuple[float, ...]], cache: dict[tuple[float, ...], tuple[float, int]]
+) -> None:
+    """Put the objectives of the ``vectors`` not in ``cache`` there (each distinct vector evaluated once).
+
+    Under ``torchrun`` the missing vectors are dealt round robin to the processes and the objectives
+    gathered exactly (top-1 and BOPs travel as float64: BOPs below 2**53 stay exact integers), so every
+    process ends with the same cache.
+    """
+    missing = list(dict.fromkeys(v for v in vectors if v not in cache))
+    values: dict[int, float] = {}
+    for i in distributed.shard(len(missing)):
+        top1, bops = evaluate(missing[i])
+        values[2 * i], values[2 * i + 1] = float(top1), float(bops)
+    gathered = distributed.gather_values(values, 2 * len(missing))
+    for i, ratios in enumerate(missing):
+        cache[ratios] = (gathered[2 * i], int(gathered[2 * i + 1]))
 
 
 def choose(front: Sequence[dict[str, Any]], targets: Sequence[float]) -> dict[str, dict[str, Any] | None]:
@@ -240,6 +269,7 @@ def _point(ratios: tuple[float, ...], top1: float, bops: int, base_bops: int, ge
 
 
 def _read_cache(state_path: Path | None, fingerprint: dict[str, Any]) -> dict[tuple[float, ...], tuple[float, int]]:
+    # rank 0 only (distributed.main_decides)
     """The objectives a resumed search has paid for (empty without a state file)."""
     if state_path is None or not state_path.is_file():
         return {}

@@ -24,14 +24,18 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from vitcompress.device import model_device, to_device
 from vitcompress.errors import CheckpointError, ConfigError, DataError
 from vitcompress.eval.classification import evaluate
+from vitcompress.eval.task import evaluate_model
+from vitcompress.methods.mixaq import detector as det
 from vitcompress.methods.mixaq.bops import act_bits_eq, mixed_cost
 from vitcompress.methods.mixaq.config import MixAQConfig
 from vitcompress.methods.mixaq.model import mixaq_, mixed_blocks, model_groups, set_ratios, two_branch_
 from vitcompress.methods.mixaq.saqa import saqa_
 from vitcompress.methods.mixaq.search import EvaluateFn, SearchResult, pareto_chart, search_ratios
 from vitcompress.methods.registry import register
+from vitcompress.models.detection import is_detector
 from vitcompress.quantize import LAYOUT_ATTR
 from vitcompress.result import Result
 
@@ -63,10 +67,15 @@ def held_out_subset(calib: Subset, n: int, seed: int) -> Subset:
     return Subset(dataset, rest[:n])
 
 
-def cached_batches(data: Dataset, batch_size: int = 250) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The (images, labels) batches of a small dataset, loaded once for many evaluations."""
+def cached_batches(
+    data: Dataset, batch_size: int = 250, device: torch.device | str | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (images, labels) batches of a small dataset, loaded once (onto ``device`` when given: the model's) for
+    many evaluations."""
     xs, ys = zip(*(data[i] for i in range(len(data))), strict=True)
     x, y = torch.stack(xs), torch.as_tensor(ys)
+    if device is not None:
+        x, y = to_device((x, y), device)
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
 
 
@@ -127,7 +136,9 @@ def mixaq_step(
 ) -> Result:
     """Run MixA-Q on a float timm Swin in place: :func:`~vitcompress.methods.mixaq.mixaq_` (PTQ, two-branch
     blocks, low-branch calibration), optionally SAQA, then the NSGA-II search of the ratios on held-out
-    training images; the model is left at the configuration chosen for ``config.choose``.
+    training images; the model is left at the configuration chosen for ``config.choose``. A Swin detector
+    is scored by box mAP on held-out train scenes and costed on its backbone
+    (:mod:`~vitcompress.methods.mixaq.detector`; the points' ``top1`` then holds box mAP, ``metrics["score"]``).
 
     Args:
         calib: calibration images; a Subset of the training set (as ``calibration_subset`` gives), whose
@@ -148,6 +159,10 @@ def mixaq_step(
         StateError: ``state_dir`` holds a search with other settings.
     """
     t0 = time.perf_counter()
+    detector = is_detector(model)
+    if detector:  # candidates scored by box mAP, costed on the backbone
+        det.check_detector_config(config)
+        fp_bops = det.float_bops(model)
     heldout = _held_out(calib, train_data, config)
     teacher = copy.deepcopy(model).eval() if config.saqa is not None else None
     recipe = config.recipe
@@ -157,6 +172,7 @@ def mixaq_step(
         recipe = qat_recipe(recipe)
     mixaq_(model, calib, recipe, config.low_bits, calib_ratio=config.calib_ratio)
     metrics: dict[str, Any] = {"low_bits": config.low_bits, "mixaq_seconds": time.perf_counter() - t0}
+    metrics["score"] = det.SCORE_NAME if detector else "top-1"  # what the points' "top1" holds
     tag = (
         f"{_model_name(model)}|{config.recipe.name}|A{config.low_bits}|calib {len(calib)}|eval "
         f"{config.eval_images}|{config.calib_ratio:g}"
@@ -169,8 +185,12 @@ def mixaq_step(
         metrics["saqa"] = {"steps": trained["steps"], "seconds": trained["seconds"]}
         tag += f"|saqa {json.dumps(config.to_dict()['saqa'], sort_keys=True)}"
     t1 = time.perf_counter()
+    if detector:
+        evaluator = det.detector_evaluator(model, heldout)
+    else:
+        evaluator = model_evaluator(model, cached_batches(heldout, device=model_device(model)))
     search = search_ratios(
-        model_evaluator(model, cached_batches(heldout)),
+        evaluator,
         len(model_groups(model)),
         config.search,
         state_dir,
@@ -196,6 +216,10 @@ def mixaq_step(
         "held_out_top1": point["top1"],
     }
     metrics["act_bits_eq"] = act_bits_eq(report_cost)
+    section = mixaq_section(metrics)
+    if detector:
+        metrics["detector_cost"] = det.detector_cost_metrics(model, fp_bops, point["ratios"])
+        section += det.detector_section(metrics)
     layout = {
         "type": LAYOUT_TYPE,
         "version": 1,
@@ -214,7 +238,7 @@ def mixaq_step(
         plan=list(point["ratios"]),
         cost=report_cost,
         files=files,
-        report=mixaq_section(metrics),
+        report=section,
         layer_report=False,
     )
 
@@ -229,15 +253,17 @@ def _points(result: SearchResult) -> dict[str, Any]:
 
 
 def _test_points(model: nn.Module, data: Dataset, search: SearchResult) -> dict[str, Any]:
-    """Top-1 on ``data`` of the baseline and of every chosen point (each distinct vector evaluated once)."""
+    """Top-1 (a detector's box mAP, under the same key) on ``data`` of the baseline and of every chosen point (each
+    distinct vector evaluated once)."""
     out, seen = {}, {}
+    detector = is_detector(model)
     for name, p in [("baseline", search.baseline), *search.chosen.items()]:
         if p is None:
             continue
         key = tuple(p["ratios"])
         if key not in seen:
             set_ratios(model, p["ratios"], upper=1.0)
-            seen[key] = evaluate(model, data).top1
+            seen[key] = evaluate_model(model, data).bbox_map if detector else evaluate(model, data).top1
         out[name] = {"ratios": p["ratios"], "rel_bops": p["rel_bops"], "top1": seen[key]}
     return out
 
@@ -252,6 +278,7 @@ def _chart_writer(search: SearchResult, config: MixAQConfig):
 def mixaq_section(m: dict[str, Any]) -> str:
     """The MixA-Q part of ``report.md``: the search, the front and the chosen configuration."""
     c, held, test = m["config"], m["held_out"], m.get("test", {})
+    score = m.get("score", "top-1")
     s = c["search"]
     lines = [
         "",
@@ -260,10 +287,10 @@ def mixaq_section(m: dict[str, Any]) -> str:
         f"High branch `{c['recipe']}`, low branch A{c['low_bits']}; the low branch calibrated at ratio "
         f"{c['calib_ratio']:g}. NSGA-II (population {s['population']}, {s['generations']} generations, "
         f"{s['init']} initial population, seed {s['seed']}) evaluated {held['evaluated']} ratio vectors on "
-        f"{c['eval_images']} held-out training images. Relative BOPs here are BOPs / BOPs at ratio 0 "
+        f"{c['eval_images']} held-out training images ({score}). Relative BOPs here are BOPs / BOPs at ratio 0 "
         "(every window high). The per-layer table does not apply to two-branch blocks.",
         "",
-        "| point | ratios | rel. BOPs | held-out top-1 (%) | test top-1 (%) |",
+        f"| point | ratios | rel. BOPs | held-out {score} | test {score} |",
         "|---|---|---:|---:|---:|",
     ]
 

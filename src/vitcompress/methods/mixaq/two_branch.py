@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
+from vitcompress.device import model_device
 from vitcompress.nn.attention import ATTN_POINTS, QuantWindowAttention, clone_into
 from vitcompress.nn.linear import QuantLayerNorm, QuantLinear
 from vitcompress.quant import Quantizer, make_quantizer
@@ -95,6 +96,7 @@ def low_bit_quantizer(qz: Quantizer, bits: int, name: str) -> Quantizer:
     """A fresh, uncalibrated quantizer like ``qz`` at ``bits`` (same scheme, observer, granularity)."""
     spec = replace(qz.spec, bits=bits) if qz.spec.enabled else qz.spec
     out = make_quantizer(spec, name, getattr(qz, "channel_axis", -1), getattr(qz, "num_channels", None))
+    out.to(model_device(qz))  # built on the CPU: it goes where the high branch's quantizer is
     out.role = getattr(qz, "role", None)
     out.enabled = qz.enabled
     return out
@@ -190,7 +192,7 @@ class TwoBranchSwinBlock(nn.Module):
         B, k, N, C = w.shape
         h = mods["norm1"](w)
         if valid is not None:  # timm pads the *normed* map with zeros
-            h = torch.where(valid.unsqueeze(-1), h, torch.zeros((), dtype=h.dtype))
+            h = torch.where(valid.unsqueeze(-1), h, h.new_zeros(()))
         a = mods["attn"](h.reshape(B * k, N, C), mask=mask)  # (B*k, N, C)
         w = w + self.drop_path1(a.view(B, k, N, C))
         return w + self.drop_path2(mods["mlp"](mods["norm2"](w)))
