@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import platform
 import statistics
 import time
@@ -80,12 +81,12 @@ RUNGS: dict[str, Callable[[int, int], Recipe]] = {
 }
 
 
-def recon_rung(wb: int, ab: int, seed: int) -> Recipe:
-    """The reconstruction rung: the log√2 rung plus block reconstruction seeded with ``seed`` (bias correction
-    off, as in the ``recon-*`` presets: the learned rounding replaces it)."""
+def recon_rung(wb: int, ab: int, seed: int, on: str = "logsqrt2") -> Recipe:
+    """The reconstruction rung: rung ``on`` (the log√2 rung by default) plus block reconstruction seeded with
+    ``seed`` (bias correction off, as in the ``recon-*`` presets: the learned rounding replaces it)."""
     from vitcompress.config import Reconstruction
 
-    base = _logsqrt2(wb, ab)
+    base = RUNGS[on](wb, ab)
     return dataclasses.replace(
         base, name=f"{base.name}+recon", bias_correction=False, reconstruction=Reconstruction(seed=seed)
     )
@@ -134,8 +135,11 @@ def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list_models())
     p.add_argument("--bits", nargs="+", default=list(BITS), choices=list(BITS))
-    p.add_argument("--rungs", nargs="+", default=list(RUNGS), choices=list(RUNGS))
+    p.add_argument("--rungs", nargs="*", default=list(RUNGS), choices=list(RUNGS), help="untrained rungs (none: -)")
     p.add_argument("--recon", action="store_true", help="add the block-reconstruction rung (one run per seed)")
+    p.add_argument(
+        "--recon-on", nargs="+", default=["logsqrt2"], choices=list(RUNGS), help="the rungs reconstruction starts from"
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the reconstruction rung")
     p.add_argument("--calib-size", type=int, default=1000)
     p.add_argument("--limit", type=int, default=None, help="test images (default: all 10,000)")
@@ -148,7 +152,9 @@ def _parse() -> argparse.Namespace:
 def _recipes(args: argparse.Namespace, wb: int, ab: int) -> list[tuple[str, list[Recipe]]]:
     out = [(rung, [RUNGS[rung](wb, ab)]) for rung in args.rungs]
     if args.recon:
-        out.append(("recon", [recon_rung(wb, ab, s) for s in args.seeds]))
+        for on in args.recon_on:
+            name = "recon" if on == "logsqrt2" else f"{on}+recon"
+            out.append((name, [recon_rung(wb, ab, s, on) for s in args.seeds]))
     return out
 
 
@@ -178,12 +184,13 @@ def main() -> None:
 def _part(args: argparse.Namespace, rows: list[dict], t0: float, done: bool) -> dict:
     env = (
         f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
-        f"{time.perf_counter() - t0:.0f} s {'in all' if done else 'so far (unfinished)'}"
+        f"{time.perf_counter() - t0:.0f} s {'in all' if done else 'so far (unfinished)'}; "
+        f"load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min) at the last row"
     )
     cmd = "python benchmarks/lowbit.py " + " ".join(
         f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(map(str, v)) if isinstance(v, list) else v}")
         for k, v in vars(args).items()
-        if v not in (None, False) and k not in ("out", "merge")
+        if v not in (None, False) and k not in ("out", "merge") and (args.recon or k not in ("recon_on", "seeds"))
     )
     return {"command": cmd, "environment": env, "rows": rows}
 

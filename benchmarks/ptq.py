@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -47,6 +48,25 @@ def merge(paths: list[str], out: Path) -> None:
     write_text(out / "ptq.md", f"# PTQ results\n\nRuns:\n{runs}\n\n{table(rows)}\n")
 
 
+def _write(args: argparse.Namespace, rows: list[dict], t0: float, done: bool) -> None:
+    """Write ptq.json and ptq.md (after every row: a long run keeps what it has)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    env = (
+        f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+        f"{time.perf_counter() - t0:.0f} s {'in all' if done else 'so far (unfinished)'}; "
+        f"load average {load} (1/5/15 min) at the last row"
+    )
+    cmd = "python benchmarks/ptq.py " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items()
+        if v is not None and k not in ("out", "merge")
+    )
+    write_json(out / "ptq.json", {"command": cmd, "environment": env, "rows": rows})
+    write_text(out / "ptq.md", f"# PTQ results\n\nCommand: `{cmd}`\n\nEnvironment: {env}\n\n{table(rows)}\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--models", nargs="+", default=list_models())
@@ -73,19 +93,8 @@ def main() -> None:
             print(
                 f"{model} {preset}: {m['fp_top1']:.2f} -> {m['q_top1']:.2f} ({m['ptq_seconds']:.1f} s PTQ)", flush=True
             )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    env = (
-        f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
-        f"{time.perf_counter() - t0:.0f} s in all"
-    )
-    cmd = "python benchmarks/ptq.py " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items()
-        if v is not None and k not in ("out", "merge")
-    )
-    write_json(out / "ptq.json", {"command": cmd, "environment": env, "rows": rows})
-    write_text(out / "ptq.md", f"# PTQ results\n\nCommand: `{cmd}`\n\nEnvironment: {env}\n\n{table(rows)}\n")
+            _write(args, rows, t0, done=False)
+    _write(args, rows, t0, done=True)
     print(table(rows))
     print(json.dumps({"seconds": time.perf_counter() - t0}))
 

@@ -177,3 +177,12 @@ def test_group_weights_and_learnable_scales_compose():
     assert isinstance(layer.input_quantizer.scale, nn.Parameter)  # given back as it came
     assert torch.equal(layer.weight_quantizer(layer.weight), layer.weight)  # baked onto the group grid
     assert all(u["scales"] > 0 for u in model.vitcompress_reconstruction["units"][1:3])
+
+
+@pytest.mark.parametrize("bits", ["w4a4", "w4a8", "w3a3"])
+def test_recon_presets_are_repq_plus_reconstruction_without_bias_correction(bits):
+    r = get_preset(f"recon-{bits}")
+    wb, ab = int(bits[1]), int(bits[3])
+    assert r.reparam and not r.bias_correction and r.reconstruction == Reconstruction()
+    assert r.weight.bits == wb and {r.act.bits, r.qkv.bits, r.probs.bits, r.norm.bits} == {ab}
+    assert r.probs.scheme == ("log_sqrt2" if ab < 8 else "asymmetric") and r.norm.scheme == "ptf"

@@ -52,6 +52,34 @@ COMPUTE_FLOAT_OPS = frozenset(
 CONVERT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 
 
+LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+
+
+def conv_per_channel_output_qdq(path: str | Path) -> list[str]:
+    """QuantizeLinear nodes with a per-channel zero point that quantize a Conv's output (through layout ops only).
+
+    ONNX Runtime (1.32) pushes the layout ops' Transpose below such a QuantizeLinear and then fuses
+    ``DQ → Conv → Q`` into a ``QLinearConv``, whose CPU kernel refuses a per-channel output zero point at run
+    time ("result zero point must be a scalar"). A Swin's patch embedding followed by a per-channel (PTF)
+    LayerNorm input quantizer is that pattern when nothing (a bias-correction Add) sits in between.
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    sizes = {t.name: int(np.prod(t.dims)) if t.dims else 1 for t in graph.initializer}
+    found = []
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or len(node.input) < 3 or sizes.get(node.input[2], 1) <= 1:
+            continue
+        src = producer.get(node.input[0])
+        while src is not None and src.op_type in LAYOUT_OPS:
+            src = producer.get(src.input[0])
+        if src is not None and src.op_type == "Conv":
+            found.append(node.name)
+    return found
+
+
 def ort_session(
     path: str | Path, threads: int | None = None, opt_level: str = "all", optimized_path: str | Path | None = None
 ):
@@ -82,6 +110,15 @@ def ort_session(
     so.log_severity_level = 3  # the "optimized model is hardware specific" notice is expected
     if optimized_path is not None:
         so.optimized_model_filepath = str(optimized_path)
+    if opt_level in ("extended", "all") and conv_per_channel_output_qdq(path):
+        # ORT would build a QLinearConv its kernel refuses (see conv_per_channel_output_qdq): basic optimizations
+        # only, so the graph runs (its QDQ pairs then compute in float)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        log.warning(
+            "%s: a Conv output is quantized per channel, which ONNX Runtime's QDQ fusion cannot run: "
+            "graph optimizations at level basic (integer kernels off)",
+            path,
+        )
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
