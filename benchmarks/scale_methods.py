@@ -23,8 +23,7 @@ import argparse  # noqa: E402
 import copy  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -38,8 +37,8 @@ from vitcompress.methods.evolq.allocator import keep_freed_memory  # noqa: E402
 from vitcompress.methods.flbq.measure import DEFAULT_BITS, measure_curves  # noqa: E402
 from vitcompress.methods.flbq.units import backbone_layers, weight_units  # noqa: E402
 from vitcompress.models.chain import Chain, model_chain  # noqa: E402
-from vitcompress.quant import Quantizer  # noqa: E402
 from vitcompress.quantize import quantize_  # noqa: E402
+from vitcompress.recon.units import quantizers_off  # noqa: E402
 
 GROUP = "group:32"  # divides every layer of DeiT-T/S/B and Swin-T/S/B (widths are multiples of 96 or 192)
 FLBQ_DEFAULT_IMAGES = 64  # FLBQConfig.n_images
@@ -58,18 +57,7 @@ def _batches(images: torch.Tensor, device: torch.device, batch_size: int = 64) -
     return list(images.to(device).split(batch_size))
 
 
-@contextmanager
-def _float(model: nn.Module) -> Iterator[None]:
-    """Every quantizer off: the quantized model computes the float model, bit for bit."""
-    quantizers = [m for m in model.modules() if isinstance(m, Quantizer)]
-    saved = [q.enabled for q in quantizers]
-    for q in quantizers:
-        q.enabled = False
-    try:
-        yield
-    finally:
-        for q, was in zip(quantizers, saved, strict=True):
-            q.enabled = was
+_float = quantizers_off  # every quantizer off: the quantized model computes the float model, bit for bit
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from vitcompress.eval.detection import evaluate_detection
 from vitcompress.eval.task import DETECTION_BATCH
 from vitcompress.methods.mixaq.bops import mixed_cost
 from vitcompress.methods.mixaq.config import MixAQConfig
-from vitcompress.methods.mixaq.model import mixed_blocks, set_ratios
+from vitcompress.methods.mixaq.model import memoized_evaluator
 from vitcompress.methods.mixaq.search import EvaluateFn
 
 BACKBONE = "backbone.body."  # the transformer inside a detector: the layers the windows' bits change
@@ -41,22 +41,13 @@ def backbone_bops(report: CostReport) -> int:
 
 
 def detector_evaluator(model: nn.Module, heldout: Dataset) -> EvaluateFn:
-    """``ratios -> (box mAP on heldout, backbone BOPs)`` for a two-branch Swin detector (its ratios are left set).
-
-    Ratio vectors that select the same windows in every block give the same model: evaluated once.
-    """
-    blocks = list(mixed_blocks(model).values())
-    memo: dict[tuple[tuple[int, int], ...], tuple[float, int]] = {}
-
-    def evaluate_ratios(ratios: tuple[float, ...]) -> tuple[float, int]:
-        set_ratios(model, ratios, upper=1.0)
-        key = tuple(b.window_counts(b.n_windows) for b in blocks)
-        if key not in memo:
-            score = evaluate_detection(model, heldout, batch_size=DETECTION_BATCH, masks=False).bbox_map
-            memo[key] = (score, backbone_bops(mixed_cost(model)))
-        return memo[key]
-
-    return evaluate_ratios
+    """``ratios -> (box mAP on heldout, backbone BOPs)`` for a two-branch Swin detector (its ratios are left set;
+    ratio vectors that select the same windows in every block are evaluated once)."""
+    return memoized_evaluator(
+        model,
+        lambda m: evaluate_detection(m, heldout, batch_size=DETECTION_BATCH, masks=False).bbox_map,
+        lambda m: backbone_bops(mixed_cost(m)),
+    )
 
 
 def detector_cost_metrics(model: nn.Module, float_bops: tuple[int, int], ratios: list[float]) -> dict[str, Any]:

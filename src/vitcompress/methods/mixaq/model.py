@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock
@@ -226,3 +226,24 @@ def mixaq_(
     calibrate_low(model, calib, calib_ratio, batch_size=batch_size)
     log.info("MixA-Q: %s high, A%d low, %d two-branch blocks", high_recipe.name, low_bits, len(mixed_blocks(model)))
     return model
+
+
+def memoized_evaluator(
+    model: nn.Module, score: Callable[[nn.Module], float], bops: Callable[[nn.Module], int]
+) -> Callable[[tuple[float, ...]], tuple[float, int]]:
+    """``ratios -> (score(model), bops(model))`` for a two-branch model set to ``ratios`` (they are left set).
+
+    Ratio vectors that select the same number of low windows in every block (a 1-window stage rounds
+    every ratio below 0.5 to none) give the same model: they are evaluated once.
+    """
+    blocks = list(mixed_blocks(model).values())
+    memo: dict[tuple[tuple[int, int], ...], tuple[float, int]] = {}
+
+    def evaluate_ratios(ratios: tuple[float, ...]) -> tuple[float, int]:
+        set_ratios(model, ratios, upper=1.0)
+        key = tuple(b.window_counts(b.n_windows) for b in blocks)
+        if key not in memo:
+            memo[key] = (score(model), bops(model))
+        return memo[key]
+
+    return evaluate_ratios

@@ -31,7 +31,13 @@ from vitcompress.eval.task import evaluate_model
 from vitcompress.methods.mixaq import detector as det
 from vitcompress.methods.mixaq.bops import act_bits_eq, mixed_cost
 from vitcompress.methods.mixaq.config import MixAQConfig
-from vitcompress.methods.mixaq.model import mixaq_, mixed_blocks, model_groups, set_ratios, two_branch_
+from vitcompress.methods.mixaq.model import (
+    memoized_evaluator,
+    mixaq_,
+    model_groups,
+    set_ratios,
+    two_branch_,
+)
 from vitcompress.methods.mixaq.saqa import saqa_
 from vitcompress.methods.mixaq.search import EvaluateFn, SearchResult, pareto_chart, search_ratios
 from vitcompress.methods.registry import register
@@ -80,22 +86,8 @@ def cached_batches(
 
 
 def model_evaluator(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> EvaluateFn:
-    """``ratios -> (top-1 on batches, BOPs)`` for a two-branch model (its ratios are left set).
-
-    Ratio vectors that select the same number of low windows in every block (a 1-window stage rounds
-    every ratio below 0.5 to none) give the same model: they are evaluated once.
-    """
-    blocks = list(mixed_blocks(model).values())
-    memo: dict[tuple[tuple[int, int], ...], tuple[float, int]] = {}
-
-    def evaluate_ratios(ratios: tuple[float, ...]) -> tuple[float, int]:
-        set_ratios(model, ratios, upper=1.0)
-        key = tuple(b.window_counts(b.n_windows) for b in blocks)
-        if key not in memo:
-            memo[key] = (evaluate(model, batches).top1, mixed_cost(model).bops)
-        return memo[key]
-
-    return evaluate_ratios
+    """``ratios -> (top-1 on batches, BOPs)`` for a two-branch classifier (see :func:`memoized_evaluator`)."""
+    return memoized_evaluator(model, lambda m: evaluate(m, batches).top1, lambda m: mixed_cost(m).bops)
 
 
 def _held_out(calib: Any, train_data: Dataset | None, config: MixAQConfig) -> Subset:
