@@ -213,3 +213,23 @@ def test_cli_compress_flbq_then_allocate_on_its_curves(tmp_path, capsys):
     plan = json.loads(capsys.readouterr().out)
     assert abs(plan["avg_bits"] - 2.5) <= 0.02 and min(plan["bits"].values()) >= 2 and plan["solver"] == "lg"
     assert BitPlan.from_dict(json.loads((tmp_path / "plan.json").read_text())).bits == plan["bits"]
+
+
+def test_a_base_recipe_carries_its_activations_and_reconstruction_under_the_plan(calib, tmp_path):
+    # --base recon-w4a4: the planned weight bits on RepQ-ViT's activations, then block reconstruction (3 steps)
+    from dataclasses import replace
+
+    from vitcompress.config import Reconstruction, get_preset
+    from vitcompress.quantize import recipe_of
+
+    base = replace(get_preset("recon-w4a4"), reconstruction=Reconstruction(iters=3, batch_size=16))
+    config = FLBQConfig(budget=3, bits=(2, 3, 4, 8), n_images=16, base=base)
+    model = load_model("vit-fmnist")
+    result = vitcompress.compress_(model, config, calib, state_dir=tmp_path)
+    recipe = recipe_of(model)
+    assert recipe.reparam and recipe.probs.scheme == "log_sqrt2" and recipe.reconstruction is not None
+    assert (tmp_path / "recon_state.pt").is_file()  # reconstruction kept its resumable state in the job's folder
+    points = dict(quantization_points(model))
+    planned = {f"{n}.weight": b for n, b in result.metrics["layer_bits"]["dp"].items() if b == int(b)}
+    assert planned and all(points[n].spec.bits == b for n, b in planned.items())  # the plan's layer bits, kept
+    assert FLBQConfig(budget=3, base="recon-w4a4").base == get_preset("recon-w4a4")  # a preset name parses

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vitcompress.config import ALLOWED_BITS
+from vitcompress.config import ALLOWED_BITS, Recipe, resolve_recipe
 from vitcompress.errors import ConfigError
 from vitcompress.methods.flbq.measure import DEFAULT_BITS, check_bits
 from vitcompress.methods.flbq.solvers import SOLVERS
@@ -43,6 +43,9 @@ class FLBQConfig:
         target: features compared: pre_logits, logits, or a module inside a block (e.g. blocks.3); layers after
             that module must be excluded
         exclude: globs of backbone layers left out of the allocation (they keep 8 bits)
+        base: a preset or recipe file the plan's weight bits are applied on: its activation points, LayerNorm
+            reparameterization, softmax quantizer and block reconstruction (e.g. recon-w4a4: the planned bits then
+            get learned rounding); default: w8a8 with every activation at act_bits (act_bits is then unused)
     """
 
     budget: float
@@ -57,6 +60,7 @@ class FLBQConfig:
     head_bits: int = 8
     target: str = "pre_logits"
     exclude: tuple[str, ...] = ()
+    base: Recipe | None = option(None, parse=resolve_recipe, metavar="NAME|FILE")
 
     def __post_init__(self) -> None:
         positive("budget", self.budget)
@@ -74,3 +78,5 @@ class FLBQConfig:
             raise ConfigError(f"exclude must be a list of glob patterns, got {self.exclude!r}")
         object.__setattr__(self, "bits", tuple(self.bits))
         object.__setattr__(self, "exclude", tuple(self.exclude))
+        if self.base is not None and not isinstance(self.base, Recipe):
+            object.__setattr__(self, "base", resolve_recipe(self.base))

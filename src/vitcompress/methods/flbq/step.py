@@ -71,10 +71,11 @@ def flbq(
     plans = solve_both(model, config, curves)
     plan = plans[config.solver]
     bits = {k: layer_bits(p, model) for k, p in plans.items()}
-    recipe = plan_to_recipe(plan, model, base_recipe(config.act_bits), config.head_bits)
+    base = config.base if config.base is not None else base_recipe(config.act_bits)
+    recipe = plan_to_recipe(plan, model, base, config.head_bits)
     float_model = copy.deepcopy(model)
     t0 = time.perf_counter()
-    quantize_(model, recipe, calib)
+    quantize_(model, recipe, calib, state_dir=state_dir, resume=resume)  # (a base with reconstruction resumes)
     ptq_seconds = time.perf_counter() - t0
     images = first_images(calib, config.n_images, device=model_device(model))
     measured = weight_only_distortion(model, float_model, images, config.target)
