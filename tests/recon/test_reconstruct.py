@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 import torch
-from timm.models.swin_transformer import SwinTransformer
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from tiny_models import tiny_swin16 as tiny_swin
+from tiny_models import tiny_vit16 as tiny_vit
 from vitcompress import compress_
 from vitcompress.config import QuantSpec, Recipe, Reconstruction, get_preset
 from vitcompress.errors import ConfigError, StateError, UnsupportedModelError
@@ -22,21 +22,6 @@ from vitcompress.recon.adaround import AdaRound
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = Reconstruction(iters=12, batch_size=16)
-
-
-def tiny_vit(seed: int = 0) -> VisionTransformer:
-    torch.manual_seed(seed)
-    return VisionTransformer(
-        img_size=16, patch_size=4, in_chans=1, num_classes=10, embed_dim=24, depth=2, num_heads=2
-    ).eval()
-
-
-def tiny_swin(seed: int = 0) -> SwinTransformer:
-    torch.manual_seed(seed)
-    return SwinTransformer(
-        img_size=16, patch_size=2, in_chans=1, num_classes=10, embed_dim=12, depths=(2, 2), num_heads=(1, 2),
-        window_size=4,
-    ).eval()  # fmt: skip
 
 
 def images(n: int = 48, seed: int = 1) -> list[torch.Tensor]:

@@ -254,7 +254,13 @@ def weight_factors(
     finally:
         loss.close()
         student.train(was_training)
-    terms = totals * torch.tensor(loss.weights, dtype=torch.float64)
-    if float(terms.sum()) <= 0:  # student equals teacher: no preference
-        return [1.0 / len(points)] * len(points)
+    return normalized_factors(totals, loss.weights)
+
+
+def normalized_factors(totals: torch.Tensor, weights: list[float]) -> list[float]:
+    """``w_j·MSE_j / Σ w·MSE`` from the summed errors ``totals`` and the weights ``w``; equal factors when every
+    error is zero (the student equals the teacher: no preference)."""
+    terms = totals * torch.tensor(weights, dtype=torch.float64)
+    if float(terms.sum()) <= 0:
+        return [1.0 / len(terms)] * len(terms)
     return (terms / terms.sum()).tolist()

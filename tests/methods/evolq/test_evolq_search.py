@@ -10,10 +10,10 @@ import math
 import pytest
 import timm
 import torch
-from timm.models.swin_transformer import SwinTransformer
-from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import TensorDataset
 
+from tiny_models import tiny_swin16 as tiny_swin
+from tiny_models import tiny_vit16 as tiny_vit
 from vitcompress.config import get_preset
 from vitcompress.errors import ConfigError, StateError
 from vitcompress.methods.evolq import EvolQConfig, evolq_, fitness_fn, infonce
@@ -25,27 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = dict(
     passes=2, cycles=3, population=4, tournament=3, calib_size=48, batch_size=16, mutation_low_bits=2e-3
 )  # 2e-3: large enough that tiny random models move
-
-
-def tiny_vit(seed: int = 0) -> VisionTransformer:
-    torch.manual_seed(seed)
-    return VisionTransformer(
-        img_size=16, patch_size=4, in_chans=1, num_classes=10, embed_dim=24, depth=2, num_heads=2
-    ).eval()
-
-
-def tiny_swin(seed: int = 0) -> SwinTransformer:
-    torch.manual_seed(seed)
-    return SwinTransformer(
-        img_size=16,
-        patch_size=2,
-        in_chans=1,
-        num_classes=10,
-        embed_dim=12,
-        depths=(2, 2),
-        num_heads=(1, 2),
-        window_size=4,
-    ).eval()
 
 
 def images(n: int = 48, seed: int = 1) -> list[torch.Tensor]:

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from vitcompress import distributed
 from vitcompress.errors import UnsupportedModelError
 from vitcompress.sparsity import DEFAULT_LAYERS
-from vitcompress.train.distill import DistillConfig, FeatureTaps, feature_points, stage1_weights
+from vitcompress.train.distill import DistillConfig, FeatureTaps, feature_points, normalized_factors, stage1_weights
 
 BODY = "backbone.body"
 PYRAMID = "pyramid"
@@ -131,7 +131,4 @@ def detector_weight_factors(
     finally:
         loss.close()
         student.train(was_training)
-    terms = totals * torch.tensor(loss.weights, dtype=torch.float64)
-    if float(terms.sum()) <= 0:  # student equals teacher: no preference
-        return [1.0 / len(terms)] * len(terms)
-    return (terms / terms.sum()).tolist()
+    return normalized_factors(totals, loss.weights)
