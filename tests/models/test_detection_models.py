@@ -91,6 +91,16 @@ def test_bad_configs_are_one_line_errors():
         DetectorConfig(head="fcos", fpn_channels=48)
     with pytest.raises(ConfigError, match="window_size"):
         DetectorConfig(backbone="swin", window_size=5)
+    with pytest.raises(ConfigError, match="roi_batch"):
+        DetectorConfig(roi_batch=0)
+    with pytest.raises(ConfigError, match="test_proposals"):
+        DetectorConfig(test_proposals=-1)
+
+
+def test_roi_sampling_and_proposals_reach_torchvision():
+    model = build_detector(DetectorConfig(backbone="vit", head="faster_rcnn", roi_batch=64, test_proposals=50))
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 64
+    assert model.rpn._post_nms_top_n == {"training": 2000, "testing": 50}
 
 
 def _train(model, images, targets, steps: int) -> list[float]:

@@ -176,30 +176,30 @@ def _check_output(output: dict, image_id: int, masks: bool) -> None:
         raise DataError("masks=True but the detector returns no masks (a box-only detector: pass masks=False)")
 
 
+@dataclass
+class Detections:
+    """A detector's COCO results on a dataset: box (and mask) results, the images scored, the forward time."""
+
+    boxes: list[dict]
+    masks: list[dict] | None
+    image_ids: list[int]
+    ground_truth: dict
+    seconds: float
+
+
 @torch.no_grad()
-def evaluate_detection(
+def detect(
     model: nn.Module,
     data: Dataset,
     batch_size: int = 8,
     limit: int | None = None,
     masks: bool | None = None,
     workers: int | None = None,
-) -> DetectionMetrics:
-    """Evaluate a torchvision-style detector (put in eval mode) with COCO's AP; deterministic.
+) -> Detections:
+    """Run a torchvision-style detector (put in eval mode) over ``data``; its outputs as COCO results.
 
-    Args:
-        model: takes a list of (C, H, W) images (moved to its device), returns one dict per image (``boxes``,
-            ``scores``, ``labels`` as COCO category ids, and ``masks`` for instance segmentation).
-        data: a dataset of (image, target) with a ``coco`` annotation dict (:class:`SceneDataset`), or a
-            ``Subset`` of one; targets carry the ``image_id``.
-        batch_size: images per forward (>= 1).
-        limit: evaluate only the first ``limit`` images (None: all).
-        masks: evaluate masks too (None: when the model has a mask head, ``roi_heads.has_mask()``).
-        workers: DataLoader processes (None: the dataset's own).
-
-    Raises:
-        ConfigError: ``batch_size`` or ``limit`` is not a positive integer.
-        DataError: no images; the data has no COCO annotations; the output holds NaN or Inf.
+    The arguments are :func:`evaluate_detection`'s; :func:`coco_metrics` scores the results, and
+    :func:`vitcompress.eval.detection_noise.paired_bootstrap` compares two detectors' results image by image.
     """
     positive_int("batch_size", batch_size)
     positive_int("limit", limit, optional=True)
@@ -230,7 +230,40 @@ def evaluate_detection(
             image_ids.append(image_id)
     if not image_ids:
         raise DataError("evaluation data is empty")
-    stats = coco_metrics(ground_truth, box_results, "bbox", image_ids)
-    if masks:
-        stats.update(coco_metrics(ground_truth, mask_results, "segm", image_ids))
-    return DetectionMetrics(**stats, images=len(image_ids), images_per_s=len(image_ids) / max(seconds, 1e-9))
+    return Detections(box_results, mask_results if masks else None, image_ids, ground_truth, seconds)
+
+
+def evaluate_detection(
+    model: nn.Module,
+    data: Dataset,
+    batch_size: int = 8,
+    limit: int | None = None,
+    masks: bool | None = None,
+    workers: int | None = None,
+) -> DetectionMetrics:
+    """Evaluate a torchvision-style detector (put in eval mode) with COCO's AP; deterministic.
+
+    Args:
+        model: takes a list of (C, H, W) images (moved to its device), returns one dict per image (``boxes``,
+            ``scores``, ``labels`` as COCO category ids, and ``masks`` for instance segmentation).
+        data: a dataset of (image, target) with a ``coco`` annotation dict (:class:`SceneDataset`), or a
+            ``Subset`` of one; targets carry the ``image_id``.
+        batch_size: images per forward (>= 1).
+        limit: evaluate only the first ``limit`` images (None: all).
+        masks: evaluate masks too (None: when the model has a mask head, ``roi_heads.has_mask()``).
+        workers: DataLoader processes (None: the dataset's own).
+
+    Raises:
+        ConfigError: ``batch_size`` or ``limit`` is not a positive integer.
+        DataError: no images; the data has no COCO annotations; the output holds NaN or Inf.
+    """
+    return detection_metrics(detect(model, data, batch_size, limit, masks, workers))
+
+
+def detection_metrics(dets: Detections) -> DetectionMetrics:
+    """COCO box (and mask) AP of :func:`detect`'s results."""
+    stats = coco_metrics(dets.ground_truth, dets.boxes, "bbox", dets.image_ids)
+    if dets.masks is not None:
+        stats.update(coco_metrics(dets.ground_truth, dets.masks, "segm", dets.image_ids))
+    n = len(dets.image_ids)
+    return DetectionMetrics(**stats, images=n, images_per_s=n / max(dets.seconds, 1e-9))

@@ -41,6 +41,9 @@ class DetectorConfig:
         patch_size: patch side in pixels (default: swin 4, vit 16)
         window_size: Swin attention window side, in patches
         fpn_channels: channels of every pyramid level and of the heads (fcos: a multiple of 32)
+        roi_batch: RoIs sampled per image to train the box and mask heads (R-CNN heads; torchvision's
+            default, 512, is for COCO's crowded images: a scene holds 2 to 6 items)
+        test_proposals: RPN proposals kept per image at inference (R-CNN heads)
         mean: normalisation mean of the grey level (the default scenes' train split: 0.230)
         std: normalisation standard deviation of the grey level (the default scenes' train split: 0.232)
     """
@@ -56,6 +59,8 @@ class DetectorConfig:
     patch_size: int | None = None
     window_size: int = 7
     fpn_channels: int = 128
+    roi_batch: int = 128
+    test_proposals: int = 300
     mean: float = 0.23
     std: float = 0.23
     version: int = option(1, cli=False)
@@ -67,7 +72,16 @@ class DetectorConfig:
         for name, value in _DEFAULTS[self.backbone].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
-        for name in ("image_size", "num_classes", "embed_dim", "patch_size", "window_size", "fpn_channels"):
+        for name in (
+            "image_size",
+            "num_classes",
+            "embed_dim",
+            "patch_size",
+            "window_size",
+            "fpn_channels",
+            "roi_batch",
+            "test_proposals",
+        ):
             positive_int(name, getattr(self, name))
         integer("in_chans", self.in_chans, minimum=1, maximum=3)
         positive("std", self.std)

@@ -45,6 +45,8 @@ def build_detector(config: DetectorConfig | None = None) -> nn.Module:
         "box_roi_pool": MultiScaleRoIAlign(list(LEVELS), output_size=7, sampling_ratio=2),
         "box_head": TwoMLPHead(c * 7 * 7, 2 * c),
         "box_predictor": FastRCNNPredictor(2 * c, classes),
+        "box_batch_size_per_image": config.roi_batch,
+        "rpn_post_nms_top_n_test": config.test_proposals,
     }
     if config.head == "faster_rcnn":
         model = FasterRCNN(backbone, **box, **common)
