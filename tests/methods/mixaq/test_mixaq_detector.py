@@ -77,15 +77,3 @@ def test_compress_mixaq_command_on_a_swin_detector(scenes, tmp_path, monkeypatch
     with torch.no_grad():
         for a, b in zip(restored(images), reloaded(images)):
             assert torch.equal(a["boxes"], b["boxes"])
-
-
-def test_mixaq_on_a_detector_refuses_saqa(scenes, one_thread):
-    from torch.utils.data import Subset
-
-    from vitcompress.api import compress_
-    from vitcompress.errors import ConfigError
-    from vitcompress.methods.mixaq import MixAQConfig, SAQAConfig
-
-    train, _ = scenes
-    with pytest.raises(ConfigError, match="saqa"):
-        compress_(tiny_detector("swin"), MixAQConfig(eval_images=2, saqa=SAQAConfig()), Subset(train, [0, 1]))

@@ -31,16 +31,16 @@ BODY = "backbone.body"
 PYRAMID = "pyramid"
 
 
-def check_one_process() -> None:
-    """GPUSQ on a detector trains in one process: its loss calls the backbone, past a DDP wrapper's forward, so
-    DDP would not average the gradients.
+def check_one_process(method: str = "GPUSQ") -> None:
+    """``method`` on a detector trains in one process: :class:`BackboneDistillLoss` calls the backbone, past a DDP
+    wrapper's forward, so DDP would not average the gradients (MixA-Q's SAQA reuses the loss and this check).
 
     Raises:
         UnsupportedModelError: running under ``torchrun`` with more than one process.
     """
     if distributed.init_from_env():  # idempotent: the trainer joins the same group
         raise UnsupportedModelError(
-            "GPUSQ on a detector trains in one process (its backbone loss bypasses DDP): run it without torchrun"
+            f"{method} on a detector trains in one process (its backbone loss bypasses DDP): run it without torchrun"
         )
 
 

@@ -7,6 +7,8 @@ keeps each candidate one detector forward per scene) on held-out train scenes, a
 transformer (``backbone.body``) alone: the RoI heads hold most of a detector's MACs (~88 % of the default Swin
 Mask R-CNN's at 224 px, see docs/detection.md) and no window choice changes them, so a relative-BOPs budget
 such as ``choose`` 0.8 can only be read on the backbone. The whole detector's BOPs are reported beside it.
+SAQA, when configured, runs before the search on the train scenes' images, distilling the backbone from the
+float detector (:mod:`~vitcompress.methods.mixaq.saqa_detector`).
 """
 
 from __future__ import annotations
@@ -17,22 +19,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vitcompress.cost import CostReport, cost
-from vitcompress.errors import ConfigError
 from vitcompress.eval.detection import evaluate_detection
 from vitcompress.eval.task import DETECTION_BATCH
 from vitcompress.methods.mixaq.bops import mixed_cost
-from vitcompress.methods.mixaq.config import MixAQConfig
 from vitcompress.methods.mixaq.model import memoized_evaluator
 from vitcompress.methods.mixaq.search import EvaluateFn
 
 BACKBONE = "backbone.body."  # the transformer inside a detector: the layers the windows' bits change
 SCORE_NAME = "box mAP"
-
-
-def check_detector_config(config: MixAQConfig) -> None:
-    """Refuse what the detector path does not do yet: SAQA trains with the classification loss."""
-    if config.saqa is not None:
-        raise ConfigError("saqa: SAQA trains with the classification loss; on a detector run MixA-Q without it")
 
 
 def backbone_bops(report: CostReport) -> int:

@@ -6,7 +6,9 @@ vector every iteration, drawn by the uniform-sum sampler (or the naive one, the 
 one set of weights serves every configuration the search may pick. Both branches' gradients reach the
 shared weights. The loop is the generic resumable trainer (:func:`vitcompress.train.trainer.train`):
 the ratio vector of step s is drawn from the torch stream the trainer seeds for step s, so a resumed run
-samples the same vectors.
+samples the same vectors. A SIGTERM'd run raises :class:`~vitcompress.train.trainer.TrainingInterrupted` after
+saving its state (nothing may search a half-trained model). On a Swin detector the loss is the distillation of
+the backbone from the float detector and only the transformer trains (:mod:`~vitcompress.methods.mixaq.saqa_detector`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from vitcompress.methods.mixaq import saqa_detector as sd
 from vitcompress.methods.mixaq.model import model_groups, set_ratios
 from vitcompress.methods.mixaq.sampling import naive_sample, sum_range_from_cost, uniform_sum_sample
-from vitcompress.train.trainer import TrainConfig, train
+from vitcompress.models.detection import is_detector
+from vitcompress.train.trainer import LossFn, TrainConfig, TrainingInterrupted, train
 from vitcompress.validate import one_of, positive
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,20 @@ def ratio_sampler(n_groups: int, config: SAQAConfig):
     return lambda seed: uniform_sum_sample(n_groups, (min(lo, hi), hi), config.upper, 1, seed, step=config.step)[0]
 
 
+def sampled_loss(model: nn.Module, config: SAQAConfig, term: LossFn) -> LossFn:
+    """``term`` at a new ratio vector per call: the vector is drawn from the torch stream the trainer seeds for
+    the step, set on ``model``, then ``term(net, x, y)`` runs; its logs gain ``ratio_sum``."""
+    sample = ratio_sampler(len(model_groups(model)), config)
+
+    def loss_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        ratios = sample(int(torch.randint(0, 2**31 - 1, ())))  # the trainer seeds torch per step
+        set_ratios(model, ratios, upper=config.upper)
+        loss, logs = term(net, x, y)
+        return loss, {**logs, "ratio_sum": float(sum(ratios))}
+
+    return loss_fn
+
+
 def saqa_(
     model: nn.Module,
     train_data: Dataset,
@@ -78,26 +96,30 @@ def saqa_(
     """Fine-tune a two-branch MixA-Q model in place, one sampled ratio vector per step.
 
     Args:
-        model: a Swin after :func:`~vitcompress.methods.mixaq.mixaq_`.
-        train_data: (image, label) items.
-        config: the :class:`SAQAConfig`.
-        teacher: optional float model; with it the loss is distillation (KL at ``temperature``) instead
-            of cross-entropy on the labels.
+        model: a Swin, or a Swin detector, after :func:`~vitcompress.methods.mixaq.mixaq_`.
+        train_data: (image, label) items; a detector's: its train scenes, (image, target) items (images only
+            are used).
+        config: the :class:`SAQAConfig` (``temperature`` applies to a classifier's distillation only).
+        teacher: float model; with it a classifier's loss is distillation (KL at ``temperature``) instead
+            of cross-entropy on the labels. Required for a detector, whose loss is the backbone distillation
+            of :mod:`~vitcompress.methods.mixaq.saqa_detector` and which trains only ``backbone.body``.
         state_dir, resume: checkpoints of the trainer.
 
     Returns:
-        The trainer's summary (steps, seconds, history of ``loss`` and ``ratio_sum``). The model is left
-        at ratio 0 in eval mode.
+        The trainer's summary (steps, seconds, history of ``loss`` and ``ratio_sum``; a detector's also
+        ``feat``). The model is left at ratio 0 in eval mode.
+
+    Raises:
+        TrainingInterrupted: SIGTERM stopped the training after saving its state; run again with ``resume``.
+        ConfigError: a detector without ``teacher``.
     """
-    n = len(model_groups(model))
-    sample = ratio_sampler(n, config)
+    if is_detector(model):
+        return _detector_saqa(model, train_data, config, teacher, state_dir, resume)
     if teacher is not None:
         teacher.eval()
     t = float(config.temperature)
 
-    def loss_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        ratios = sample(int(torch.randint(0, 2**31 - 1, ())))  # the trainer seeds torch per step
-        set_ratios(model, ratios, upper=config.upper)
+    def term(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
         logits = net(x)
         if teacher is None:
             loss = F.cross_entropy(logits, y)
@@ -105,8 +127,38 @@ def saqa_(
             with torch.no_grad():
                 target = F.log_softmax(teacher(x) / t, dim=-1)
             loss = F.kl_div(F.log_softmax(logits / t, dim=-1), target, log_target=True, reduction="batchmean") * t * t
-        return loss, {"loss": float(loss.detach()), "ratio_sum": float(sum(ratios))}
+        return loss, {"loss": float(loss.detach())}
 
+    return _run(model, train_data, config, sampled_loss(model, config, term), state_dir, resume)
+
+
+def _detector_saqa(
+    model: nn.Module,
+    scenes: Dataset,
+    config: SAQAConfig,
+    teacher: nn.Module | None,
+    state_dir: str | Path | None,
+    resume: bool,
+) -> dict:
+    sd.check_detector_saqa(teacher)
+    distill = sd.backbone_loss(teacher, model)
+    try:
+        with sd.body_only(model):
+            loss_fn = sampled_loss(model, config, distill)
+            return _run(model, sd.scene_images(scenes), config, loss_fn, state_dir, resume)
+    finally:
+        distill.close()
+
+
+def _run(
+    model: nn.Module,
+    data: Dataset,
+    config: SAQAConfig,
+    loss_fn: LossFn,
+    state_dir: str | Path | None,
+    resume: bool,
+) -> dict:
+    """The generic trainer on ``loss_fn``; the model ends at ratio 0."""
     train_config = TrainConfig(
         steps=config.steps,
         batch_size=config.batch_size,
@@ -118,7 +170,12 @@ def saqa_(
         log_every=10,
     )
     try:
-        result = train(model, loss_fn, train_data, train_config, state_dir=state_dir, resume=resume, desc="saqa")
+        result = train(model, loss_fn, data, train_config, state_dir=state_dir, resume=resume, desc="saqa")
     finally:
-        set_ratios(model, [0.0] * n)
+        set_ratios(model, [0.0] * len(model_groups(model)))
+    if result["interrupted"]:  # the search must not start from a half-trained model
+        raise TrainingInterrupted(
+            f"SAQA stopped by SIGTERM at step {result['steps']}; state saved in {state_dir}; run again with resume "
+            "to continue"
+        )
     return result

@@ -130,7 +130,9 @@ def mixaq_step(
     blocks, low-branch calibration), optionally SAQA, then the NSGA-II search of the ratios on held-out
     training images; the model is left at the configuration chosen for ``config.choose``. A Swin detector
     is scored by box mAP on held-out train scenes and costed on its backbone
-    (:mod:`~vitcompress.methods.mixaq.detector`; the points' ``top1`` then holds box mAP, ``metrics["score"]``).
+    (:mod:`~vitcompress.methods.mixaq.detector`; the points' ``top1`` then holds box mAP, ``metrics["score"]``);
+    its SAQA distils the backbone from the float detector on the train scenes' images
+    (:mod:`~vitcompress.methods.mixaq.saqa_detector`).
 
     Args:
         calib: calibration images; a Subset of the training set (as ``calibration_subset`` gives), whose
@@ -148,12 +150,12 @@ def mixaq_step(
 
     Raises:
         UnsupportedModelError: not a Swin; ConfigError: no held-out images can be drawn;
-        StateError: ``state_dir`` holds a search with other settings.
+        StateError: ``state_dir`` holds a search with other settings;
+        TrainingInterrupted: SIGTERM stopped SAQA after saving its state (run again with ``resume``).
     """
     t0 = time.perf_counter()
     detector = is_detector(model)
     if detector:  # candidates scored by box mAP, costed on the backbone
-        det.check_detector_config(config)
         fp_bops = det.float_bops(model)
     heldout = _held_out(calib, train_data, config)
     teacher = copy.deepcopy(model).eval() if config.saqa is not None else None
