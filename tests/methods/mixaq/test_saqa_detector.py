@@ -214,3 +214,25 @@ def test_a_job_stopped_in_saqa_resumes_to_the_model_of_an_uninterrupted_job(scen
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.metrics["held_out"] == whole.metrics["held_out"]  # same candidates, same box mAP
+
+
+def test_saqa_option_on_the_command_line():
+    import argparse
+
+    from vitcompress.cli import build_parser
+    from vitcompress.methods.mixaq.cli import COMMAND
+    from vitcompress.methods.mixaq.saqa import parse_saqa
+
+    assert parse_saqa("on") == SAQAConfig()
+    assert parse_saqa("steps=100, lr=1e-4,sampler=naive") == SAQAConfig(steps=100, lr=1e-4, sampler="naive")
+    with pytest.raises(ConfigError, match="saqa: expected on or KEY=VALUE.*steps, batch_size"):
+        parse_saqa("stepz=3")
+    with pytest.raises(ConfigError, match="saqa: steps takes an integer, got 'many'"):
+        parse_saqa("steps=many")
+    compress = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    mixaq = next(a for a in compress["compress"]._actions if isinstance(a, argparse._SubParsersAction))
+    parser = mixaq.choices["mixaq"]
+    shared = {"seed": None, "calib_size": None}
+    config = COMMAND.config(parser.parse_args(["--model", "det:swin", "--saqa", "steps=7,batch_size=2"]), shared)
+    assert config.saqa == SAQAConfig(steps=7, batch_size=2)
+    assert COMMAND.config(parser.parse_args(["--model", "det:swin"]), shared).saqa is None  # training-free

@@ -9,7 +9,7 @@ from typing import Any
 from vitcompress.config import Recipe, get_preset, resolve_recipe
 from vitcompress.errors import ConfigError
 from vitcompress.methods.mixaq.model import DEFAULT_UPPER
-from vitcompress.methods.mixaq.saqa import SAQAConfig
+from vitcompress.methods.mixaq.saqa import SAQAConfig, parse_saqa
 from vitcompress.methods.mixaq.search import MixAQSearchConfig
 from vitcompress.options import option
 from vitcompress.validate import integer, number, positive_int, version
@@ -35,8 +35,9 @@ class MixAQConfig:
             accurate front point within it, the final model is set to; one of --targets (no front point
             within it: the model stays at ratio 0)
         search: the NSGA-II settings; its ``seed`` is the job's --seed on the command line
-        saqa: SAQA fine-tuning before the search (None: training-free); with it the high recipe gets
-            LSQ-learnable scales (:func:`vitcompress.train.qat.qat_recipe`)
+        saqa: SAQA fine-tuning before the search (absent: training-free): on, or KEY=VALUE pairs over its
+            settings (steps, batch_size, lr, warmup_steps, seed, sampler, upper, step, temperature), e.g.
+            steps=100,lr=1e-4; with it the high recipe gets LSQ-learnable scales
         version: format version of the config
     """
 
@@ -48,7 +49,7 @@ class MixAQConfig:
     eval_images: int = 1000
     choose: float = 0.8
     search: MixAQSearchConfig = option(default_factory=MixAQSearchConfig)
-    saqa: SAQAConfig | None = option(None, cli=False)
+    saqa: SAQAConfig | None = option(None, parse=parse_saqa, metavar="on|KEY=VALUE,...")
     version: int = option(1, cli=False)
 
     def __post_init__(self) -> None:

@@ -13,6 +13,7 @@ the backbone from the float detector and only the transformer trains (:mod:`~vit
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from vitcompress.errors import ConfigError
 from vitcompress.methods.mixaq import saqa_detector as sd
 from vitcompress.methods.mixaq.model import model_groups, set_ratios
 from vitcompress.methods.mixaq.sampling import naive_sample, sum_range_from_cost, uniform_sum_sample
@@ -60,6 +62,31 @@ class SAQAConfig:
     def __post_init__(self) -> None:
         one_of("sampler", self.sampler, SAMPLERS)
         positive("temperature", self.temperature)
+
+
+def parse_saqa(text: str) -> SAQAConfig:
+    """``--saqa``: ``on`` (the defaults) or ``KEY=VALUE[,KEY=VALUE...]`` over :class:`SAQAConfig`'s fields, e.g.
+    ``steps=100,batch_size=8,lr=1e-4``.
+
+    Raises:
+        ConfigError: an unknown key or a value of the wrong type (one line, naming the allowed keys).
+    """
+    if text.strip() in ("on", "default", ""):
+        return SAQAConfig()
+    fields = {f.name: f for f in dataclasses.fields(SAQAConfig)}
+    kwargs: dict = {}
+    for item in text.split(","):
+        key, sep, value = (s.strip() for s in item.partition("="))
+        if not sep or key not in fields or key == "cost_range":
+            allowed = ", ".join(k for k in fields if k != "cost_range")
+            raise ConfigError(f"saqa: expected on or KEY=VALUE[,KEY=VALUE...] with KEY in {allowed}; got {item!r}")
+        kind = type(getattr(SAQAConfig(), key))
+        try:
+            kwargs[key] = kind(value)
+        except ValueError:
+            noun = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+            raise ConfigError(f"saqa: {key} takes {noun}, got {value!r}") from None
+    return SAQAConfig(**kwargs)
 
 
 def ratio_sampler(n_groups: int, config: SAQAConfig):
