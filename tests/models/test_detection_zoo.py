@@ -72,3 +72,31 @@ def test_zoo_train_options_checked_before_any_work(tmp_path, capsys):
     assert "existing state folder" in capsys.readouterr().err
     assert main(["zoo", "train", "swin-det-scenes", "--max-steps", "0"]) == 2
     assert "max_steps" in capsys.readouterr().err
+
+
+SHIPPED = [n for n in NAMES if DETECTOR_ZOO[n].manifest.is_file()]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_detector_loads_and_detects(name, one_thread):
+    from vitcompress.data.scenes import load_scenes
+    from vitcompress.eval.detection import evaluate_detection
+
+    manifest = json.loads(DETECTOR_ZOO[name].manifest.read_text())
+    model = load_model(name)
+    assert sum(p.numel() for p in model.parameters()) == manifest["params"]
+    assert manifest["bbox_map"] >= 20 and manifest["train_steps"] == 2000  # the complete recipe, a useful detector
+    metrics = evaluate_detection(model, load_scenes("val", masks=False), limit=16, masks=False)
+    assert metrics.bbox_map >= 15, metrics.bbox_map  # random weights score 0; measured 2x to 3x this floor
+
+
+@pytest.mark.slow  # a few minutes: the 500 val scenes
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_detector_reproduces_its_manifest(name, one_thread):
+    from vitcompress.data.scenes import load_scenes
+    from vitcompress.eval.task import evaluate_model
+
+    manifest = json.loads(DETECTOR_ZOO[name].manifest.read_text())
+    metrics = evaluate_model(load_model(name), load_scenes("val", masks=False))
+    assert metrics.images == manifest["val_images"] == 500
+    assert abs(metrics.bbox_map - manifest["bbox_map"]) <= 0.1 and abs(metrics.segm_map - manifest["segm_map"]) <= 0.1

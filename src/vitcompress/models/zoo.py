@@ -6,7 +6,7 @@ recipe (``vitcompress zoo train NAME``) and ships the checkpoints (safetensors +
 
 The reference detectors (:data:`DETECTOR_ZOO`: a Swin and a ViT detector on the embedded scenes,
 ``docs/detection.md``) are trained by the same command with ``vitcompress.train.detection``'s recipe and kept
-as detector folders ``models/zoo/<name>/`` (+ ``<name>.json``, their manifest); none is shipped yet.
+as detector folders ``models/zoo/<name>/`` (+ ``<name>.json``, their manifest), shipped like the classifiers.
 """
 
 from __future__ import annotations
