@@ -143,6 +143,7 @@ def main() -> None:
     p.add_argument("--choose", type=float, default=0.7)
     p.add_argument("--saqa-steps", type=int, default=100)
     p.add_argument("--saqa-lr", type=float, default=1e-5)
+    p.add_argument("--pairs", nargs="*", default=[], metavar="A/B", help="also compare configuration B with A")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cache", type=Path, default=None, help="detections cache (default: runs/bench_det/MODEL)")
     p.add_argument("--out", type=Path, required=True)
@@ -170,7 +171,18 @@ def main() -> None:
         log.info("%s: box mAP %.2f (fp %.2f), paired delta %.2f +- %.2f", name, row["bbox_map"], fp_row["bbox_map"],
                  row["paired"]["bbox"]["delta"], row["paired"]["bbox"]["se_delta"])  # fmt: skip
         write_json(args.out, result)
+    result["pairs"] = {**result.get("pairs", {}), **_pairs(args, val.coco)}
     write_json(args.out, result)
+
+
+def _pairs(args, ground_truth: dict) -> dict:
+    """Paired bootstrap of the box mAP between two cached configurations (``A/B``: B minus A)."""
+    out = {}
+    for pair in args.pairs:
+        a, b = (_load_dets(args.cache / f"{n.replace(':', '-')}.dets.json", ground_truth) for n in pair.split("/"))
+        out[pair] = paired_bootstrap(ground_truth, a.boxes, b.boxes, a.image_ids, "bbox", args.resamples).as_dict()
+        log.info("%s: box mAP delta %.2f +- %.2f", pair, out[pair]["delta"], out[pair]["se_delta"])
+    return out
 
 
 if __name__ == "__main__":

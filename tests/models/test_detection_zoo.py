@@ -87,7 +87,7 @@ def test_shipped_detector_loads_and_detects(name, one_thread):
     assert sum(p.numel() for p in model.parameters()) == manifest["params"]
     assert manifest["bbox_map"] >= 20 and manifest["train_steps"] == 2000  # the complete recipe, a useful detector
     metrics = evaluate_detection(model, load_scenes("val", masks=False), limit=16, masks=False)
-    assert metrics.bbox_map >= 15, metrics.bbox_map  # random weights score 0; measured 2x to 3x this floor
+    assert metrics.bbox_map >= 15, metrics.bbox_map  # random weights score 0; measured 40.3 (Swin), 40.0 (ViT)
 
 
 @pytest.mark.slow  # a few minutes: the 500 val scenes

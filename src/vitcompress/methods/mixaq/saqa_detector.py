@@ -3,7 +3,7 @@
 MixA-Q (2025) adapts its two-branch Swin with SAQA, one sampled ratio vector per step; on a classifier
 :func:`~vitcompress.methods.mixaq.saqa_` trains the whole model with the classification loss (or a KL to a
 teacher's logits). On a detector :func:`~vitcompress.methods.mixaq.saqa_` trains with the feature term GPUSQ-ViT
-uses on detectors (:class:`~vitcompress.methods.gpusq.detector.BackboneDistillLoss`: the MSE between the float
+uses on detectors (:class:`~vitcompress.train.detector_distill.BackboneDistillLoss`: the MSE between the float
 detector's and the student's backbone at the patch embedding, the last block of every stage and the feature
 pyramid, its levels averaged; weights 1 each), label-free, at the ratio vector the uniform-sum sampler draws
 for the step, on the images of the train scenes.
@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vitcompress.errors import ConfigError
-from vitcompress.methods.gpusq.detector import BODY, BackboneDistillLoss, SceneImages, check_one_process
+from vitcompress.train.detector_distill import BODY, BackboneDistillLoss, SceneImages, check_one_process
 from vitcompress.train.distill import DistillConfig
 
 DISTILL = DistillConfig(gamma=1.0)  # the loss is the weighted sum of the MSEs (weights 1: patch, stages, pyramid)

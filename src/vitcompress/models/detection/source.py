@@ -129,8 +129,8 @@ def load_zoo_detector(name: str, checkpoint: str | Path | None = None) -> nn.Mod
         return load_detector(f"{PREFIX}{entry.detector['backbone']}", checkpoint, **_kwargs(entry.detector))
     if not is_detector_folder(entry.folder):
         raise CheckpointError(
-            f"{name} is not trained yet: train it with `{entry.train_command}` (resumable, about 1.5 hours of one CPU thread; "
-            "docs/detection.md)"
+            f"{name} is not trained yet: train it with `{entry.train_command}` (resumable, about 1.5 hours of one "
+            "CPU thread; docs/detection.md)"
         )
     return load_detector_folder(entry.folder)
 
